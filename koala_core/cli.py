@@ -1,0 +1,131 @@
+"""The ``koala`` command line. Imports torch only inside commands that need it (``--help`` is fast)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import __version__
+from .errors import KoalaError
+
+
+class KoalaGroup(click.Group):
+    """Turns :class:`KoalaError` into a one-line message and exit code 2, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KoalaError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=KoalaGroup)
+@click.version_option(__version__, prog_name="koala")
+def main() -> None:
+    """koala: speculative decoding with draft heads (Medusa, Hydra, EAGLE; K-layer, adversarial)."""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the plugin list as JSON.")
+def plugins(as_json: bool) -> None:
+    """List every plugin by kind, with its providing package and version."""
+    from .registry import default_registry
+
+    everything = default_registry().all()
+    if as_json:
+        click.echo(json.dumps({k: [p.as_dict() for p in v] for k, v in everything.items()}, indent=2))
+        return
+    for kind, infos in everything.items():
+        click.echo(f"{kind}:")
+        if not infos:
+            click.echo("  (none)")
+        for p in infos:
+            flag = "  [LOSSY]" if p.lossy else ""
+            click.echo(f"  {p.name:<12} {p.package} {p.version}{flag}  {p.summary}")
+
+
+def _parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=flag)
+        out[key.replace("-", "_")] = value
+    return out
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--model", default="default", show_default=True,
+              help="'default' (SmolLM2-135M-Instruct), an HF model folder or a .gguf file.")
+@click.option("--head", default="lookup", show_default=True,
+              help="Draft head plugin; 'none' for plain decoding.")
+@click.option("--head-option", "head_options", multiple=True, metavar="KEY=VALUE",
+              help="Option of the head (repeatable).")
+@click.option("--tree", default="chain", show_default=True, help="Tree policy plugin.")
+@click.option("--tree-option", "tree_options", multiple=True, metavar="KEY=VALUE",
+              help="Option of the tree policy (repeatable), e.g. depth=4 or preset=medium.")
+@click.option("--verifier", default=None,
+              help="greedy | rejection (lossless) | typical (LOSSY). Default: greedy at T=0, "
+                   "rejection at T>0.")
+@click.option("--temperature", default=0.0, show_default=True, type=float)
+@click.option("--top-k", default=0, show_default=True, type=int, help="0 = no top-k truncation.")
+@click.option("--top-p", default=1.0, show_default=True, type=float)
+@click.option("--max-new-tokens", default=128, show_default=True, type=int)
+@click.option("--seed", default=None, type=int, help="Seed for sampling at T>0.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--dtype", default="float32", show_default=True, help="float32 or bfloat16.")
+@click.option("--raw", is_flag=True, help="Do not wrap the prompt in the chat template.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
+def generate(prompt, model, head, head_options, tree, tree_options, verifier, temperature, top_k,
+             top_p, max_new_tokens, seed, device, dtype, raw, as_json) -> None:
+    """Generate a reply to PROMPT ('-' reads stdin), speculatively unless --head none."""
+    from .compose import build_engine
+    from .engine import GenerationConfig
+    from .prompts import encode_prompt
+    from .sampling import Sampling
+
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    sampling = Sampling(temperature, top_k, top_p)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
+    engine = build_engine(model=model, head=head,
+                          head_options=_parse_options(head_options, "--head-option"),
+                          tree=tree, tree_options=_parse_options(tree_options, "--tree-option"),
+                          verifier=verifier, sampling=sampling, device=device, dtype=dtype)
+    tokenizer = engine.target.tokenizer
+    ids = encode_prompt(tokenizer, prompt, raw=raw)
+    out: list[int] = []
+    shown = ""
+
+    def show(step) -> None:
+        nonlocal shown
+        out.extend(step.tokens)
+        text = tokenizer.decode(out, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # wait until a multi-byte character is complete
+            click.echo(text[len(shown):], nl=False)
+            shown = text
+
+    result = engine.generate(ids, config, on_step=None if as_json else show)
+    text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
+    lossy = engine.verifier.lossy
+    if as_json:
+        click.echo(json.dumps({
+            "text": text, "token_ids": result.token_ids, "new_tokens": result.new_tokens,
+            "target_forwards": result.target_forwards, "tau": round(result.tau, 4),
+            "seconds": round(result.seconds, 4), "tokens_per_s": round(result.tokens_per_s, 3),
+            "verifier": engine.verifier_name, "lossy": lossy,
+        }))
+        return
+    click.echo(text[len(shown):])
+    click.echo(f"[tau {result.tau:.2f} | {result.target_forwards} target forwards | "
+               f"{result.tokens_per_s:.1f} tokens/s | verifier {engine.verifier_name}"
+               + (" (LOSSY: output may differ from the target's distribution)" if lossy else "")
+               + "]", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""The speculative decoding loop: one streaming generator that everything else consumes.
+
+prefill -> [propose (head + tree policy) -> verify every tree node in one target forward ->
+accept (verifier) -> keep the accepted path in the KV cache -> emit] until EOS or max tokens.
+With no head the tree is the root alone and the loop is plain decoding of the same target, so
+"vanilla" and speculative runs share every line of code that could make their outputs differ.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import PromptError
+from .interfaces import DraftContext, DraftHead, TreeBudget, TreePolicy, Verifier
+from .sampling import Sampling, choose
+from .tree import Tree
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Per-call generation settings."""
+
+    max_new_tokens: int = 128
+    sampling: Sampling = field(default_factory=Sampling)
+    seed: int | None = None
+    max_tree_nodes: int = 64  # hard cap on drafted nodes per step, whatever the policy asks
+    stop_at_eos: bool = True
+
+
+@dataclass
+class Step:
+    """One engine event: the tokens it emitted and how they were obtained."""
+
+    tokens: list[int]
+    drafted: int  # draft nodes in the verified tree (0 for prefill and plain decoding)
+    accepted: int  # draft tokens accepted (tokens = accepted + 1 bonus, unless truncated)
+    prefill: bool = False
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+
+
+@dataclass
+class GenerationResult:
+    """The outcome of one generation, with the measurements the CLI and benchmarks report."""
+
+    prompt_ids: list[int]
+    token_ids: list[int]
+    steps: list[Step]
+    seconds: float
+    prefill_s: float
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def target_forwards(self) -> int:
+        """Target forwards in the decode phase (prefill excluded)."""
+        return sum(1 for s in self.steps if not s.prefill)
+
+    @property
+    def decode_tokens(self) -> int:
+        return sum(len(s.tokens) for s in self.steps if not s.prefill)
+
+    @property
+    def tau(self) -> float:
+        """Mean accepted length: tokens per target forward in the decode phase, bonus included."""
+        return self.decode_tokens / self.target_forwards if self.target_forwards else 0.0
+
+    @property
+    def decode_s(self) -> float:
+        return self.seconds - self.prefill_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decode-phase tokens per second (prefill excluded)."""
+        return self.decode_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+    @property
+    def drafted(self) -> int:
+        return sum(s.drafted for s in self.steps)
+
+    @property
+    def accepted(self) -> int:
+        return sum(s.accepted for s in self.steps)
+
+    @property
+    def token_efficiency(self) -> float:
+        """Accepted draft tokens / drafted tokens."""
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+class SpeculativeEngine:
+    """Composes a target model with an optional draft head, tree policy and verifier."""
+
+    def __init__(self, target, head: DraftHead | None = None, tree_policy: TreePolicy | None = None,
+                 verifier: Verifier | None = None) -> None:
+        """Without a tree policy a head drafts a chain; without a verifier, ``rejection`` is used
+        (greedy verification at T=0, exact speculative sampling at T>0)."""
+        from koala_core.registry import default_registry
+
+        self.target = target
+        self.head = head
+        if head is not None and tree_policy is None:
+            tree_policy = default_registry().create("tree_policies", "chain")
+        if verifier is None:
+            verifier = default_registry().create("verifiers", "rejection")
+        self.tree_policy = tree_policy
+        self.verifier = verifier
+
+    @property
+    def verifier_name(self) -> str:
+        return getattr(self.verifier, "plugin_name", type(self.verifier).__name__)
+
+    def check_prompt(self, prompt_ids: list[int], max_new_tokens: int) -> None:
+        if len(prompt_ids) == 0:
+            raise PromptError("the prompt is empty: give at least one token of text")
+        limit = self.target.max_length
+        if len(prompt_ids) >= limit:
+            raise PromptError(f"the prompt has {len(prompt_ids)} tokens but the model's context is "
+                              f"{limit}: shorten it to leave room for new tokens")
+        if max_new_tokens < 1:
+            raise PromptError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+
+    @torch.inference_mode()
+    def stream(self, prompt_ids: list[int], config: GenerationConfig = GenerationConfig()
+               ) -> Iterator[Step]:
+        """Yield one :class:`Step` per target forward, prefill first."""
+        self.check_prompt(prompt_ids, config.max_new_tokens)
+        target, sampling = self.target, config.sampling
+        device = target.device
+        generator = None
+        if not sampling.greedy:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(config.seed if config.seed is not None else
+                                  int(torch.randint(0, 2**62, (1,))))
+        verifier = self.verifier
+        eos = target.eos_token_ids if config.stop_at_eos else frozenset()
+        # never run past the model's context
+        max_new = min(config.max_new_tokens, target.max_length - len(prompt_ids))
+
+        cache = self.cache = target.new_cache()  # kept on the engine for inspection and tests
+        t0 = time.perf_counter()
+        hidden = target.forward(torch.tensor(prompt_ids, device=device), cache)  # (P, D)
+        root = choose(target.logits(hidden[-1:])[0], sampling, generator)
+        emitted = 1
+        yield Step([root], 0, 0, prefill=True, verify_s=time.perf_counter() - t0)
+        tokens = list(prompt_ids) + [root]
+        step = 0
+        while emitted < max_new and root not in eos:
+            room = max_new - emitted  # tokens still allowed; a step emits accepted + 1
+            budget = TreeBudget(max_nodes=config.max_tree_nodes, max_depth=max(0, room - 1))
+            t0 = time.perf_counter()
+            if self.head is not None and budget.max_depth > 0:
+                ctx = DraftContext(tokens, hidden, budget, sampling, step)
+                self.head.begin(ctx)
+                tree = self.tree_policy.build(self.head, ctx)
+            else:
+                tree = Tree(root)
+            shape = tree.shape()
+            t1 = time.perf_counter()
+            past = target.cache_length(cache)
+            ids = torch.tensor(tree.tokens, device=device)
+            if shape.is_chain:  # plain causal attention: no mask to build
+                hidden = target.forward(ids, cache)
+            else:
+                hidden = target.forward(ids, cache, positions=shape.depths.to(device) + past,
+                                        tree_mask=shape.mask)
+            logits = target.logits(hidden)  # (n, V)
+            verdict = verifier.verify(tree, shape, logits, sampling, generator)
+            target.keep(cache, past, verdict.path)
+            hidden = hidden[verdict.path]  # (a, D): states of the tokens now in the cache
+            new = [tree.tokens[i] for i in verdict.path[1:]] + [verdict.bonus]
+            t2 = time.perf_counter()
+            out = []
+            for tok in new[:room]:
+                out.append(tok)
+                if tok in eos:
+                    break
+            emitted += len(out)
+            tokens.extend(new)
+            root = new[-1] if len(out) == len(new) else out[-1]
+            step += 1
+            yield Step(out, len(tree) - 1, len(verdict.path) - 1, draft_s=t1 - t0, verify_s=t2 - t1)
+
+    def generate(self, prompt_ids: list[int], config: GenerationConfig = GenerationConfig(),
+                 on_step: Callable[[Step], None] | None = None) -> GenerationResult:
+        """Run :meth:`stream` to the end and collect the result; ``on_step`` sees each step."""
+        steps: list[Step] = []
+        t0 = time.perf_counter()
+        prefill_s = 0.0
+        for s in self.stream(prompt_ids, config):
+            steps.append(s)
+            if on_step is not None:
+                on_step(s)
+            if s.prefill:
+                prefill_s = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        ids = [t for s in steps for t in s.tokens]
+        return GenerationResult(list(prompt_ids), ids, steps, seconds, prefill_s)

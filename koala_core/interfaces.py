@@ -1,0 +1,177 @@
+"""The interfaces every koala component implements. Plugins subclass these.
+
+Each component class has a frozen dataclass ``Config`` (its options, each with one default) and is
+built as ``cls(config, **resources)``. Shapes: T = sequence length, n = tree nodes, a = tokens that
+entered the KV cache in the last target forward, D = target hidden size, V = (draft) vocabulary.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+
+from .config import NoConfig
+from .sampling import Sampling
+from .tree import Tree, TreeShape
+
+if TYPE_CHECKING:
+    from .adapter import TargetModel
+
+
+@dataclass(frozen=True)
+class TreeBudget:
+    """Hard limits the engine puts on one tree: node count (root excluded) and depth."""
+
+    max_nodes: int
+    max_depth: int
+
+
+@dataclass
+class DraftContext:
+    """Everything a drafter may use for one decode step, given from the first version on.
+
+    tokens: every token so far (prompt + generated), ending with the root, the target's last choice
+        whose keys/values are not yet in the cache.
+    hidden: (a, D) the target's final hidden states of the ``a`` tokens that entered the KV cache in
+        the last forward (the prompt after prefill; root + accepted drafts after a verify). The last
+        row is the state that predicted the root.
+    budget: the tree limits for this step.
+    sampling: the sampling settings of this generation.
+    step: 0 right after prefill, then 1, 2, ...
+    """
+
+    tokens: list[int]
+    hidden: torch.Tensor | None
+    budget: TreeBudget
+    sampling: Sampling = field(default_factory=Sampling)
+    step: int = 0
+
+    @property
+    def root(self) -> int:
+        return self.tokens[-1]
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Top-k proposals for the children of m tree nodes: tokens (m, k) long, logprobs (m, k) float.
+
+    A missing proposal has token -1 and logprob -inf.
+    """
+
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+
+
+class DraftHead(nn.Module, abc.ABC):
+    """Proposes likely next tokens for the nodes of a tree.
+
+    The engine calls :meth:`begin` once per decode step, then the tree policy calls :meth:`expand`
+    for the nodes it wants to grow (parents before children). Proposals are deterministic given the
+    context: the verifier treats each proposed child as a fixed candidate, which keeps rejection
+    sampling exact whatever the head proposes.
+    """
+
+    Config: ClassVar[type] = NoConfig
+
+    def __init__(self, config=None, target: TargetModel | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else type(self).Config()
+        self.target = target
+
+    def begin(self, ctx: DraftContext) -> None:
+        """Observe a new decode step (update any private state such as a draft KV cache)."""
+        self.ctx = ctx
+
+    @abc.abstractmethod
+    def expand(self, tree: Tree, nodes: list[int], k: int) -> Candidates:
+        """Top-``k`` proposals for the next token after each of ``nodes`` of ``tree``."""
+
+
+class TreePolicy(abc.ABC):
+    """Decides which proposals form the candidate tree of one step."""
+
+    Config: ClassVar[type] = NoConfig
+
+    def __init__(self, config=None) -> None:
+        self.config = config if config is not None else type(self).Config()
+
+    @abc.abstractmethod
+    def build(self, head: DraftHead, ctx: DraftContext) -> Tree:
+        """A tree rooted at ``ctx.root`` within ``ctx.budget``."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the verifier accepted: tree nodes from the root down (root first), and the bonus token."""
+
+    path: list[int]
+    bonus: int
+
+
+class Verifier(abc.ABC):
+    """Decides how much of a tree the target accepts, and the target's own next token."""
+
+    Config: ClassVar[type] = NoConfig
+    lossy: ClassVar[bool] = False  # True: the output distribution differs from the target's
+
+    def __init__(self, config=None) -> None:
+        self.config = config if config is not None else type(self).Config()
+
+    @abc.abstractmethod
+    def verify(self, tree: Tree, shape: TreeShape, logits: torch.Tensor, sampling: Sampling,
+               generator: torch.Generator | None) -> Verdict:
+        """logits: (n, V) the target's logits at every tree node."""
+
+
+class Loss(nn.Module, abc.ABC):
+    """A supervised objective for a draft head.
+
+    forward(draft_logits (N, V), target_logits (N, V) | None, target_tokens (N,) long,
+            draft_features (N, D) | None, target_features (N, D) | None) -> scalar.
+    """
+
+    Config: ClassVar[type] = NoConfig
+
+    def __init__(self, config=None) -> None:
+        super().__init__()
+        self.config = config if config is not None else type(self).Config()
+
+    @abc.abstractmethod
+    def forward(self, draft_logits: torch.Tensor, target_logits: torch.Tensor | None,
+                target_tokens: torch.Tensor, draft_features: torch.Tensor | None = None,
+                target_features: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+class Discriminator(nn.Module, abc.ABC):
+    """Tells the target's outputs (real) from a draft head's (fake).
+
+    forward(context (N, D), sample (N, F)) -> (N,) real-vs-fake scores (logits).
+    """
+
+    Config: ClassVar[type] = NoConfig
+
+    def __init__(self, config=None, context_dim: int = 0, sample_dim: int = 0) -> None:
+        super().__init__()
+        self.config = config if config is not None else type(self).Config()
+
+    @abc.abstractmethod
+    def forward(self, context: torch.Tensor, sample: torch.Tensor) -> torch.Tensor: ...
+
+
+class AdversarialLoss(abc.ABC):
+    """The game between head and discriminator: one loss for each player, from (N,) scores."""
+
+    Config: ClassVar[type] = NoConfig
+
+    def __init__(self, config=None) -> None:
+        self.config = config if config is not None else type(self).Config()
+
+    @abc.abstractmethod
+    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor: ...

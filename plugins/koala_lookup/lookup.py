@@ -1,0 +1,58 @@
+"""Prompt-lookup drafting: propose what followed the latest earlier occurrence of the current n-gram.
+
+Needs no training and no hidden states. For a node, the context is every token so far plus the
+node's path; the longest suffix n-gram (``max_ngram`` down to ``min_ngram``) that occurred before
+gives the candidates: the tokens that followed its occurrences, ranked by count, then recency.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from koala_core.errors import ConfigError
+from koala_core.interfaces import Candidates, DraftContext, DraftHead
+from koala_core.tree import Tree
+
+
+class LookupHead(DraftHead):
+    """Training-free n-gram drafter: copies continuations of repeated text from the context."""
+
+    @dataclass(frozen=True)
+    class Config:
+        max_ngram: int = field(default=3, metadata={"help": "longest suffix n-gram to match"})
+        min_ngram: int = field(default=1, metadata={"help": "shortest suffix n-gram to match"})
+
+        def __post_init__(self):
+            if not 1 <= self.min_ngram <= self.max_ngram:
+                raise ConfigError("lookup: need 1 <= min_ngram <= max_ngram")
+
+    def begin(self, ctx: DraftContext) -> None:
+        super().begin(ctx)
+        self._context = torch.tensor(ctx.tokens[:-1], dtype=torch.long)  # root comes from the path
+
+    def expand(self, tree: Tree, nodes: list[int], k: int) -> Candidates:
+        tokens = torch.full((len(nodes), k), -1, dtype=torch.long)
+        logprobs = torch.full((len(nodes), k), float("-inf"))
+        for row, node in enumerate(nodes):
+            seq = torch.cat([self._context, torch.tensor(tree.path_tokens(node), dtype=torch.long)])
+            for j, (tok, p) in enumerate(self._propose(seq)[:k]):
+                tokens[row, j] = tok
+                logprobs[row, j] = torch.log(torch.tensor(p))
+        return Candidates(tokens, logprobs)
+
+    def _propose(self, seq: torch.Tensor) -> list[tuple[int, float]]:
+        """(token, share of matches) for the continuations of the longest matching suffix."""
+        n_seq = seq.shape[0]
+        for n in range(min(self.config.max_ngram, n_seq - 1), self.config.min_ngram - 1, -1):
+            windows = seq[:-1].unfold(0, n, 1)  # (n_seq - n, n): every earlier n-gram with a follower
+            hits = (windows == seq[-n:]).all(-1).nonzero().flatten()
+            if hits.numel() == 0:
+                continue
+            followers = seq[hits + n].tolist()[::-1]  # most recent first
+            counts = Counter(followers)
+            order = sorted(counts, key=lambda t: (-counts[t], followers.index(t)))
+            return [(t, counts[t] / len(followers)) for t in order]
+        return []

