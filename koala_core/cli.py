@@ -77,7 +77,8 @@ def _parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
 @click.option("--max-new-tokens", default=128, show_default=True, type=int)
 @click.option("--seed", default=None, type=int, help="Seed for sampling at T>0.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
-@click.option("--dtype", default="float32", show_default=True, help="float32 or bfloat16.")
+@click.option("--dtype", default="float32", show_default=True,
+              help="float32 (exact) or bfloat16 (faster; not bit-exact against plain decoding).")
 @click.option("--raw", is_flag=True, help="Do not wrap the prompt in the chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
 def generate(prompt, model, head, head_options, tree, tree_options, verifier, temperature, top_k,
@@ -125,6 +126,43 @@ def generate(prompt, model, head, head_options, tree, tree_options, verifier, te
                f"{result.tokens_per_s:.1f} tokens/s | verifier {engine.verifier_name}"
                + (" (LOSSY: output may differ from the target's distribution)" if lossy else "")
                + "]", err=True)
+
+
+@main.command()
+@click.option("--model", default="default", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="float32", show_default=True, help="float32 or bfloat16.")
+@click.option("--sizes", default="1,2,3,4,6,8,12,16,24,32", show_default=True,
+              help="Comma-separated token counts to verify.")
+@click.option("--context", default=256, show_default=True, help="Tokens already in the KV cache.")
+@click.option("--repeats", default=7, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def cost(model, device, dtype, sizes, context, repeats, as_json) -> None:
+    """Measure the verify cost curve: one target forward over n tokens vs a decode step."""
+    import torch
+
+    from .costs import verify_cost_curve
+    from .errors import ConfigError
+    from .model import load_target
+
+    try:
+        ns = [int(x) for x in sizes.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--sizes must be comma-separated integers, got {sizes!r}") from None
+    if not ns or min(ns) < 1:
+        raise ConfigError("--sizes needs positive token counts")
+    target = load_target(model, device=device, dtype=dtype)
+    rows = verify_cost_curve(target, ns, context=context, repeats=repeats, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps({"model": model, "dtype": dtype, "device": device,
+                               "threads": torch.get_num_threads(), "context": context,
+                               "rows": rows}, indent=2))
+        return
+    click.echo(f"verify cost, {model} {dtype} on {device} ({torch.get_num_threads()} threads), "
+               f"{context}-token cache, median of {repeats}")
+    click.echo("   n      ms   (min-max)   x decode step")
+    for r in rows:
+        click.echo(f"{r['n']:>4} {r['ms']:>7.1f}  ({r['min_ms']:.0f}-{r['max_ms']:.0f})  {r['ratio']:>6.2f}")
 
 
 if __name__ == "__main__":
