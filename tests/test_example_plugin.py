@@ -38,7 +38,10 @@ def test_example_loss_works(monkeypatch):
     reg = Registry()
     reg.add(koala_smooth_ce, name="smooth_ce", package="koala-smooth-ce", version="0.1.0")
     loss = reg.create("losses", "smooth-ce", {"smoothing": "0.2"})
+    from koala_core.interfaces import DepthOutput
+
     logits = torch.randn(5, 11, requires_grad=True)
-    value = loss(logits, None, torch.randint(0, 11, (5,)))
+    out = DepthOutput(logits, torch.tensor([0, 3, -1, 10, 2]), torch.ones(5), torch.zeros(5, 4))
+    value = loss(out)
     value.backward()
     assert value.ndim == 0 and torch.isfinite(value) and logits.grad is not None

@@ -22,10 +22,13 @@ class SmoothCELoss(Loss):
             if not 0.0 <= self.smoothing < 1.0:
                 raise ValueError("smoothing must be in [0, 1)")
 
-    def forward(self, draft_logits, target_logits, target_tokens, draft_features=None,
-                target_features=None):
-        return F.cross_entropy(draft_logits.float(), target_tokens,
-                               label_smoothing=self.config.smoothing)
+    def forward(self, out):
+        """out: a koala_core.interfaces.DepthOutput (labels are draft-vocabulary indices)."""
+        ok = out.labels >= 0
+        ce = F.cross_entropy(out.logits.float(), out.labels.clamp_min(0), reduction="none",
+                             label_smoothing=self.config.smoothing)
+        w = out.weight * ok
+        return (ce * w).sum() / w.sum().clamp_min(1.0)
 
 
 @hookimpl

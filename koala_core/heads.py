@@ -1,0 +1,140 @@
+"""Shared machinery of trainable draft heads: the draft vocabulary and the frozen LM-head rows.
+
+A trainable head reads the target's hidden states, and turns its own features into token scores
+through the target's frozen LM head restricted to a draft vocabulary (the N most frequent target
+tokens in the training data; all tokens when ``draft_vocab`` is 0). Those rows are derived from the
+target, never stored in a checkpoint.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .interfaces import Candidates, DepthOutput, DraftHead
+
+
+@dataclass
+class TrainBatch:
+    """Windows cut from prepared conversations; all tensors (B, L[, ...]).
+
+    input_ids: the text tokens; hidden: the target's final hidden states (float);
+    labels: the target's argmax after each position (label[t] predicts token t+1);
+    loss_mask: 1 where label[t] is a training target (assistant turns, real tokens);
+    topk_ids / topk_logp: the target's top-k log-probs after each position (optional).
+    """
+
+    input_ids: torch.Tensor
+    hidden: torch.Tensor
+    labels: torch.Tensor
+    loss_mask: torch.Tensor
+    topk_ids: torch.Tensor | None = None
+    topk_logp: torch.Tensor | None = None
+
+
+class NeuralHead(DraftHead):
+    """Base of trainable heads: ``draft_vocab`` handling and a frozen, restricted LM head."""
+
+    def __init__(self, config=None, target=None) -> None:
+        super().__init__(config, target)
+        if target is None:
+            raise ConfigError(f"{type(self).__name__} needs the target model")
+        vocab = target.vocab_size
+        n = getattr(self.config, "draft_vocab", 0) or vocab
+        if not 1 <= n <= vocab:
+            raise ConfigError(f"draft_vocab must be 0 (full) or 1..{vocab}, got {n}")
+        # until set_draft_vocab is called (training data or checkpoint), the first n ids
+        self.register_buffer("vocab_ids", torch.arange(n, dtype=torch.long))
+        self.register_buffer("lm_rows", target.lm_head.weight.detach()[:n].clone(), persistent=False)
+        self.register_buffer("vocab_index", torch.full((vocab,), -1, dtype=torch.long),
+                             persistent=False)
+        self._index_vocab()
+
+    @property
+    def hidden_size(self) -> int:
+        return self.target.hidden_size
+
+    def set_draft_vocab(self, ids: torch.Tensor) -> None:
+        """Use the target tokens ``ids`` (N,) as the draft vocabulary."""
+        ids = ids.to(self.vocab_ids.device, torch.long)
+        assert ids.shape == self.vocab_ids.shape, "draft vocabulary size is fixed by the config"
+        self.vocab_ids.copy_(ids)
+        self._index_vocab()
+
+    def _index_vocab(self) -> None:
+        w = self.target.lm_head.weight.detach()
+        self.lm_rows = w[self.vocab_ids.to(w.device)].to(self.vocab_ids.device).clone()
+        self.vocab_index.fill_(-1)
+        self.vocab_index[self.vocab_ids] = torch.arange(len(self.vocab_ids),
+                                                        device=self.vocab_ids.device)
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        out = super().load_state_dict(state, strict=strict, assign=assign)
+        self._index_vocab()
+        return out
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """(..., D) features -> (..., Vd) logits through the frozen LM-head rows."""
+        return features @ self.lm_rows.to(features.dtype).T
+
+    def to_draft(self, labels: torch.Tensor) -> torch.Tensor:
+        """Target ids -> draft-vocabulary indices (-1 where outside the draft vocabulary)."""
+        return self.vocab_index[labels]
+
+    def top(self, logits: torch.Tensor, k: int) -> Candidates:
+        """(m, Vd) logits -> Candidates of target ids and log-probs."""
+        k = min(k, logits.shape[-1])
+        top = torch.log_softmax(logits.float(), -1).topk(k, -1)
+        return Candidates(self.vocab_ids[top.indices].cpu(), top.values.cpu())
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """The target's (frozen) input embeddings of target ids."""
+        return self.target.embed_tokens(ids).detach()
+
+    @abc.abstractmethod
+    def train_outputs(self, batch: TrainBatch) -> list[DepthOutput]:
+        """Predictions for every draft depth over a training batch (teacher forcing); labels and
+        top-k ids may still be target-vocabulary ids: :meth:`to_draft_space` maps them."""
+
+    def to_draft_space(self, out: DepthOutput) -> DepthOutput:
+        out.labels = self.to_draft(out.labels.long())
+        if out.topk_ids is not None:
+            out.topk_ids = self.to_draft(out.topk_ids.long())
+        return out
+
+    @staticmethod
+    def empty(m: int, k: int) -> Candidates:
+        return Candidates(torch.full((m, k), -1, dtype=torch.long), torch.full((m, k), float("-inf")))
+
+
+__all__ = ["TrainBatch", "DepthOutput", "NeuralHead", "residual_blocks", "apply_blocks", "shifted"]
+
+
+def residual_blocks(dim: int, layers: int) -> nn.ModuleList:
+    """K residual SiLU blocks ``x + SiLU(W x + b)``, W zero-initialised, each with its own weights."""
+    blocks = nn.ModuleList()
+    for _ in range(layers):
+        lin = nn.Linear(dim, dim)
+        nn.init.zeros_(lin.weight)
+        nn.init.zeros_(lin.bias)
+        blocks.append(lin)
+    return blocks
+
+
+def apply_blocks(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    for lin in blocks:
+        x = x + torch.nn.functional.silu(lin(x))
+    return x
+
+
+def shifted(t: torch.Tensor, k: int) -> torch.Tensor:
+    """t[:, k:] padded at the end to keep length L (B, L, ...) -> (B, L, ...)."""
+    if k == 0:
+        return t
+    pad = torch.zeros_like(t[:, :k])
+    return torch.cat([t[:, k:], pad], 1)
+

@@ -1,0 +1,142 @@
+"""A compact Llama-style decoder layer for draft heads, with a position-addressed KV cache.
+
+Parameter names match HF Llama/Qwen2 decoder layers (``self_attn.q_proj`` ... ``mlp.down_proj``,
+``input_layernorm``, ``post_attention_layernorm``), so a head's layers can start as copies of the
+target's last layers. Not a copy of any HF modeling file: ~100 lines, no cache classes, no masks
+beyond the one additive mask the caller passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    rope_theta: float
+    eps: float
+    attention_bias: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @classmethod
+    def of(cls, config) -> "LayerShape":
+        theta = getattr(config, "rope_theta", None)
+        if theta is None:
+            theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+        bias = bool(getattr(config, "attention_bias", False)) or config.model_type == "qwen2"
+        return cls(config.hidden_size, config.intermediate_size, config.num_attention_heads,
+                   config.num_key_value_heads or config.num_attention_heads, float(theta),
+                   float(getattr(config, "rms_norm_eps", 1e-6)), bias)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotary embedding, HF convention (rotate halves). x: (B, H, T, hd); positions: (B, T)."""
+    hd = x.shape[-1]
+    inv = 1.0 / (theta ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd))
+    ang = positions[..., None].float() * inv  # (B, T, hd/2)
+    cos, sin = torch.cat([ang, ang], -1).cos()[:, None], torch.cat([ang, ang], -1).sin()[:, None]
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+    return (x.float() * cos + torch.cat([-x2, x1], -1).float() * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, s: LayerShape) -> None:
+        super().__init__()
+        self.s = s
+        self.q_proj = nn.Linear(s.hidden, s.heads * s.head_dim, bias=s.attention_bias)
+        self.k_proj = nn.Linear(s.hidden, s.kv_heads * s.head_dim, bias=s.attention_bias)
+        self.v_proj = nn.Linear(s.hidden, s.kv_heads * s.head_dim, bias=s.attention_bias)
+        self.o_proj = nn.Linear(s.heads * s.head_dim, s.hidden, bias=False)
+
+    def forward(self, x, positions, mask, cache: "KVCache | None" = None, layer: int = 0):
+        """x: (B, T, D); positions: (B, T); mask: additive (B or 1, 1, T, S) or None (causal)."""
+        B, T, _ = x.shape
+        s = self.s
+        q = self.q_proj(x).view(B, T, s.heads, s.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, s.kv_heads, s.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, s.kv_heads, s.head_dim).transpose(1, 2)
+        q, k = rope(q, positions, s.rope_theta), rope(k, positions, s.rope_theta)
+        if cache is not None:
+            k, v = cache.append(layer, k, v)
+        rep = s.heads // s.kv_heads
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, s: LayerShape) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(s.hidden, s.intermediate, bias=False)
+        self.up_proj = nn.Linear(s.hidden, s.intermediate, bias=False)
+        self.down_proj = nn.Linear(s.intermediate, s.hidden, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm attention + SwiGLU MLP, each with a residual connection."""
+
+    def __init__(self, s: LayerShape) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(s.hidden, s.eps)
+        self.self_attn = Attention(s)
+        self.post_attention_layernorm = RMSNorm(s.hidden, s.eps)
+        self.mlp = MLP(s)
+
+    def forward(self, x, positions, mask=None, cache=None, layer: int = 0):
+        x = x + self.self_attn(self.input_layernorm(x), positions, mask, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class KVCache:
+    """Preallocated per-layer keys/values addressed by slot; undoing tokens is moving a length."""
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, capacity: int, dtype, device):
+        shape = (layers, 1, kv_heads, capacity, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0  # slots in use
+        self._pending = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Write (1, H, T, hd) new keys/values after the used slots; returns all used + new."""
+        T = k.shape[2]
+        end = self.length + T
+        assert end <= self.capacity, "draft KV cache full"
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        self._pending = T
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def commit(self) -> None:
+        """Count the slots written by the last forward (call once after all layers ran)."""
+        self.length += self._pending
+        self._pending = 0

@@ -1,0 +1,241 @@
+"""Supervised training of a draft head from prepared data (``koala prepare``).
+
+AdamW, linear warm-up then cosine decay, gradient clipping, per-depth weights decaying with depth,
+per-depth top-1 validation accuracy, periodic resumable training state (safetensors + JSON, never
+pickle), and a final inference checkpoint. Deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import save_head, write_folder_atomic
+from .data import load_split
+from .errors import ConfigError, KoalaError
+from .heads import NeuralHead, TrainBatch
+
+DEFAULT_LOSS = {"medusa": "ce", "hydra": "ce", "eagle": "feature"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train one head (each default defined here once; the CLI derives its options)."""
+
+    head: str = "eagle"
+    head_options: dict = field(default_factory=dict)
+    loss: str = ""  # empty: the family default (medusa/hydra: ce, eagle: feature)
+    loss_options: dict = field(default_factory=dict)
+    steps: int = 1000
+    batch_size: int = 8
+    window: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup: int = 50
+    grad_clip: float = 1.0
+    depth_decay: float = 0.8  # weight of depth k is depth_decay ** (k - 1)
+    eval_every: int = 250
+    save_every: int = 250
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "window", "eval_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train: {name} must be >= 1")
+        if self.lr <= 0 or self.grad_clip <= 0 or not 0 < self.depth_decay <= 1:
+            raise ConfigError("train: need lr > 0, grad_clip > 0, 0 < depth_decay <= 1")
+
+
+class WindowSampler:
+    """Random (B, L) windows inside single conversations of a split."""
+
+    def __init__(self, split: dict[str, torch.Tensor], window: int, device) -> None:
+        self.split, self.window, self.device = split, window, device
+        lengths = split["lengths"].tolist()
+        self.starts = [0]
+        for n in lengths[:-1]:
+            self.starts.append(self.starts[-1] + n)
+        self.lengths = lengths
+
+    def batch(self, picks: list[tuple[int, int]]) -> TrainBatch:
+        """picks: (conversation, offset) pairs -> a padded TrainBatch."""
+        L = self.window
+        cols = {k: [] for k in ("input_ids", "hidden", "labels", "loss_mask", "topk_ids", "topk_logp")
+                if k in self.split}
+        for conv, off in picks:
+            a = self.starts[conv] + off
+            n = min(L, self.lengths[conv] - off)
+            for k in cols:
+                t = self.split[k][a:a + n]
+                pad = torch.zeros((L - n,) + t.shape[1:], dtype=t.dtype)
+                cols[k].append(torch.cat([t, pad]))
+        s = {k: torch.stack(v).to(self.device) for k, v in cols.items()}
+        return TrainBatch(s["input_ids"].long(), s["hidden"].float(), s["labels"].long(),
+                          s["loss_mask"].float(), s.get("topk_ids"), s.get("topk_logp"))
+
+    def random(self, batch_size: int, gen: torch.Generator) -> TrainBatch:
+        convs = torch.randint(0, len(self.lengths), (batch_size,), generator=gen).tolist()
+        picks = []
+        for c in convs:
+            span = max(1, self.lengths[c] - self.window + 1)
+            picks.append((c, int(torch.randint(0, span, (1,), generator=gen))))
+        return self.batch(picks)
+
+    def sequential(self, batch_size: int):
+        """Every conversation, window by window (for validation)."""
+        picks = [(c, off) for c, n in enumerate(self.lengths) for off in range(0, n, self.window)]
+        for i in range(0, len(picks), batch_size):
+            yield self.batch(picks[i:i + batch_size])
+
+
+def draft_vocabulary(split: dict[str, torch.Tensor], size: int, vocab: int) -> torch.Tensor:
+    """The ``size`` most frequent target tokens (labels) in the training data."""
+    counts = torch.bincount(split["labels"].long(), minlength=vocab).float()
+    counts += torch.bincount(split["input_ids"].long(), minlength=vocab).float() * 1e-3  # ties
+    return torch.topk(counts, size).indices.sort().values
+
+
+def data_summary(folder: Path) -> dict:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    digest = hashlib.sha256(json.dumps(manifest["shards"]).encode()
+                            + json.dumps(manifest["config"], sort_keys=True).encode()).hexdigest()
+    return {"tokens": manifest["tokens"], "prepare": manifest["config"], "hash": digest[:16]}
+
+
+@torch.no_grad()
+def evaluate(head: NeuralHead, sampler: WindowSampler, batch_size: int = 16) -> list[float]:
+    """Top-1 accuracy of each depth against the target's own next tokens (weighted positions)."""
+    head.eval()
+    hits: list[float] = []
+    totals: list[float] = []
+    for batch in sampler.sequential(batch_size):
+        for k, out in enumerate(head.train_outputs(batch)):
+            out = head.to_draft_space(out)
+            ok = (out.logits.argmax(-1) == out.labels).float() * out.weight
+            if k >= len(hits):
+                hits.append(0.0)
+                totals.append(0.0)
+            hits[k] += float(ok.sum())
+            totals[k] += float(out.weight.sum())
+    head.train()
+    return [h / max(t, 1.0) for h, t in zip(hits, totals)]
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    if step < config.warmup:
+        return (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(target, data: str | Path, out: str | Path, config: TrainConfig = TrainConfig(),
+          resume: bool = False, registry=None, progress: bool = True) -> dict:
+    """Train ``config.head`` on prepared ``data``; writes the checkpoint to ``out``."""
+    from tqdm.auto import tqdm
+
+    from .registry import default_registry
+
+    reg = registry or default_registry()
+    data, out = Path(data), Path(out)
+    torch.manual_seed(config.seed)
+    head = reg.create("heads", config.head, config.head_options, target=target)
+    if not isinstance(head, NeuralHead):
+        raise ConfigError(f"head {config.head!r} has nothing to train")
+    head.to(target.device).train()
+    loss_name = config.loss or DEFAULT_LOSS.get(config.head, "ce")
+    loss_fn = reg.create("losses", loss_name, config.loss_options)
+    train_split = load_split(data, "train")
+    val_split = load_split(data, "val")
+    head.set_draft_vocab(draft_vocabulary(train_split, head.vocab_ids.numel(), target.vocab_size))
+    sampler = WindowSampler(train_split, config.window, target.device)
+    val_sampler = WindowSampler(val_split, config.window, target.device)
+    params = [p for p in head.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    step = 0
+    state_dir = out.parent / f"{out.name}.train-state"
+    if resume:
+        step = load_train_state(state_dir, head, opt, gen, config)
+    history: list[dict] = []
+    bar = tqdm(total=config.steps, initial=step, desc=f"train {config.head}", disable=not progress)
+    t0 = time.perf_counter()
+    accs: list[float] = []
+    while step < config.steps:
+        batch = sampler.random(config.batch_size, gen)
+        outs = [head.to_draft_space(o) for o in head.train_outputs(batch)]
+        losses = [loss_fn(o) for o in outs]
+        total = sum(config.depth_decay ** k * l for k, l in enumerate(losses))
+        if not torch.isfinite(total):
+            raise KoalaError(f"training diverged at step {step} (loss {total.item()}); lower --lr")
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        for group in opt.param_groups:
+            group["lr"] = config.lr * lr_factor(step, config)
+        opt.step()
+        step += 1
+        bar.update()
+        post = {"loss": f"{total.item():.3f}"}
+        if step % config.eval_every == 0 or step == config.steps:
+            accs = evaluate(head, val_sampler)
+            history.append({"step": step, "loss": total.item(), "val_top1": accs})
+            post["acc"] = "/".join(f"{a:.2f}" for a in accs[:4])
+        bar.set_postfix(post)
+        if step % config.save_every == 0 and step < config.steps:
+            save_train_state(state_dir, head, opt, gen, step, config)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    metrics = {"val_top1": accs, "steps": step, "train_seconds": round(seconds, 1),
+               "history": history}
+    recipe = {"train": dataclasses.asdict(config), "loss": loss_name, "data": data_summary(data)}
+    save_head(head, out, config.head, recipe=recipe, metrics=metrics)
+    save_train_state(state_dir, head, opt, gen, step, config)
+    return metrics
+
+
+def save_train_state(folder: Path, head, opt, gen, step: int, config: TrainConfig) -> None:
+    """Head + optimizer tensors in safetensors, the rest in JSON (no pickle)."""
+    from safetensors.torch import save_file
+
+    tensors = {f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    opt_state = opt.state_dict()
+    for pid, st in opt_state["state"].items():
+        for name, value in st.items():
+            tensors[f"opt.{pid}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors["rng"] = gen.get_state()
+    meta = {"step": step, "config": dataclasses.asdict(config),
+            "param_groups": opt_state["param_groups"]}
+    write_folder_atomic(folder, {
+        "state.safetensors": lambda p: save_file(tensors, str(p)),
+        "state.json": json.dumps(meta, indent=2).encode(),
+    })
+
+
+def load_train_state(folder: Path, head, opt, gen, config: TrainConfig) -> int:
+    from safetensors.torch import load_file
+
+    if not (folder / "state.json").is_file():
+        raise KoalaError(f"nothing to resume: {folder} has no training state")
+    meta = json.loads((folder / "state.json").read_text())
+    saved = {k: v for k, v in meta["config"].items() if k != "steps"}
+    now = {k: v for k, v in dataclasses.asdict(config).items() if k != "steps"}
+    if saved != now:
+        changed = sorted(k for k in now if saved.get(k) != now[k])
+        raise KoalaError(f"cannot resume: settings differ from the interrupted run ({changed})")
+    tensors = load_file(str(folder / "state.safetensors"))
+    head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    gen.set_state(tensors["rng"])
+    return int(meta["step"])

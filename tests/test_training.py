@@ -1,0 +1,151 @@
+"""Data preparation, supervised training, checkpoints and resume, on a tiny target."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_target, write_sharegpt
+from koala_core.checkpoint import load_head, save_head
+from koala_core.data import PrepareConfig, iter_sharegpt, load_split, prepare
+from koala_core.errors import CheckpointError, KoalaError
+from koala_core.training import TrainConfig, train
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    target = tiny_target()
+    src = write_sharegpt(tmp_path / "sharegpt.json")
+    out = tmp_path / "data"
+    prepare(target, out, PrepareConfig(max_tokens=3000, max_length=64, val_every=4, topk=4,
+                                       shard_tokens=500), data=src, progress=False)
+    return target, out
+
+
+def test_sharegpt_reader_survives_truncation(tmp_path):
+    src = write_sharegpt(tmp_path / "s.json", conversations=10)
+    convs = list(iter_sharegpt(src))
+    assert len(convs) == 9  # the cut-off last record is dropped, the rest decoded
+    assert convs[0][0]["role"] == "user" and convs[0][1]["role"] == "assistant"
+
+
+def test_prepare_labels_are_the_targets_choices(prepared):
+    target, out = prepared
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["tokens"]["val"] > 0
+    split = load_split(out, "train")
+    n = int(split["lengths"][0])
+    ids = split["input_ids"][:n].long()
+    logits = target.logits(target.forward(ids, target.new_cache()))
+    assert torch.equal(split["labels"][:n].long(), logits.argmax(-1))
+    assert split["hidden"].dtype == torch.float16 and split["topk_ids"].shape[1] == 4
+    assert 0 < split["loss_mask"].float().mean() < 1  # user turns are not targets
+
+
+def test_prepare_resumes_after_interruption(tmp_path, monkeypatch):
+    from koala_core import data as data_mod
+
+    target = tiny_target()
+    src = write_sharegpt(tmp_path / "s.json")
+    config = PrepareConfig(max_tokens=3000, max_length=64, val_every=4, shard_tokens=300)
+    prepare(target, tmp_path / "full", config, data=src, progress=False)
+    real_flush, calls = data_mod.ShardWriter.flush, []
+
+    def crash_on_fourth(self):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_flush(self)
+
+    monkeypatch.setattr(data_mod.ShardWriter, "flush", crash_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(target, tmp_path / "part", config, data=src, progress=False)
+    monkeypatch.setattr(data_mod.ShardWriter, "flush", real_flush)
+    assert not json.loads((tmp_path / "part" / "manifest.json").read_text())["complete"]
+    prepare(target, tmp_path / "part", config, data=src, progress=False)
+    for split in ("train", "val"):
+        a, b = load_split(tmp_path / "full", split), load_split(tmp_path / "part", split)
+        for k in a:
+            assert torch.equal(a[k], b[k]), (split, k)
+    with pytest.raises(KoalaError, match="other settings"):
+        prepare(target, tmp_path / "part", PrepareConfig(max_tokens=10), data=src, progress=False)
+
+
+def test_training_reduces_loss_and_checkpoint_round_trips(prepared, registry, tmp_path):
+    target, data = prepared
+    config = TrainConfig(head="medusa", head_options={"heads": 2, "draft_vocab": 64}, steps=30,
+                         batch_size=4, window=32, lr=3e-3, warmup=2, eval_every=30, save_every=10)
+    metrics = train(target, data, tmp_path / "ck", config, registry=registry, progress=False)
+    assert len(metrics["val_top1"]) == 2
+    losses = [h["loss"] for h in metrics["history"]]
+    head = load_head(tmp_path / "ck", target, registry)
+    meta = head.checkpoint_meta
+    assert meta["plugin"]["name"] == "medusa" and meta["metrics"]["val_top1"] == metrics["val_top1"]
+    assert meta["recipe"]["data"]["hash"] and losses
+    # an exact round trip at float32
+    save_head(head, tmp_path / "ck32", "medusa", dtype=torch.float32)
+    again = load_head(tmp_path / "ck32", target, registry)
+    for (k, a), (_, b) in zip(head.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_training_lowers_the_loss(prepared, registry, tmp_path):
+    from koala_core.training import WindowSampler
+
+    target, data = prepared
+    config = TrainConfig(head="eagle", head_options={"draft_vocab": 64}, steps=40, batch_size=4,
+                         window=32, lr=3e-3, warmup=2, eval_every=40)
+    split = load_split(data, "train")
+    loss_fn = registry.create("losses", "feature")
+
+    def loss_of(head):
+        batch = WindowSampler(split, 32, "cpu").batch([(0, 0), (1, 0), (2, 0)])
+        with torch.no_grad():
+            return float(loss_fn(head.to_draft_space(head.train_outputs(batch)[0])))
+
+    train(target, data, tmp_path / "e", config, registry=registry, progress=False)
+    trained = load_head(tmp_path / "e", target, registry)
+    fresh = registry.create("heads", "eagle", {"draft_vocab": 64}, target=target)
+    fresh.set_draft_vocab(trained.vocab_ids)
+    assert loss_of(trained) < 0.9 * loss_of(fresh)
+
+
+def test_resume_continues_from_the_saved_step(prepared, registry, tmp_path):
+    target, data = prepared
+    base = dict(head="hydra", head_options={"heads": 2, "draft_vocab": 64}, batch_size=2,
+                window=32, warmup=2, eval_every=100, save_every=3, seed=5)
+    train(target, data, tmp_path / "full", TrainConfig(steps=6, **base), registry=registry,
+          progress=False)
+    # an "interrupted" run: stop after 3 steps (its state is saved), then resume to 6
+    train(target, data, tmp_path / "part", TrainConfig(steps=3, **base), registry=registry,
+          progress=False)
+    train(target, data, tmp_path / "part", TrainConfig(steps=6, **base), resume=True,
+          registry=registry, progress=False)
+    a = load_head(tmp_path / "full", target, registry).state_dict()
+    b = load_head(tmp_path / "part", target, registry).state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    state = json.loads((tmp_path / "part.train-state" / "state.json").read_text())
+    assert state["step"] == 6
+
+
+def test_checkpoint_errors_are_clear(prepared, registry, tmp_path):
+    target, _ = prepared
+    head = registry.create("heads", "medusa", {"heads": 2, "draft_vocab": 64}, target=target)
+    save_head(head, tmp_path / "ck", "medusa")
+    with pytest.raises(CheckpointError, match="another target model"):
+        load_head(tmp_path / "ck", tiny_target(seed=1), registry)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_head(tmp_path / "nope", target, registry)
+    meta = json.loads((tmp_path / "ck" / "koala.json").read_text())
+    del meta["head_config"]
+    (tmp_path / "ck" / "koala.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="head_config"):
+        load_head(tmp_path / "ck", target, registry)
+    save_head(head, tmp_path / "ck2", "medusa")
+    (tmp_path / "ck2" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_head(tmp_path / "ck2", target, registry)
+    (tmp_path / "ck3").mkdir()
+    with pytest.raises(CheckpointError, match="missing"):
+        load_head(tmp_path / "ck3", target, registry)
