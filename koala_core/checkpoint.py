@@ -47,8 +47,14 @@ def write_folder_atomic(folder: Path, files: dict[str, Any]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# The tree a head drafts best with, unless the user picks one (recorded in koala.json).
+DEFAULT_TREE = {"medusa": ("static", {"preset": "small"}), "hydra": ("static", {"preset": "small"}),
+                "eagle": ("dynamic", {})}
+
+
 def save_head(head, folder: str | Path, plugin: str, recipe: dict | None = None,
-              metrics: dict | None = None, dtype: torch.dtype = torch.bfloat16) -> Path:
+              metrics: dict | None = None, dtype: torch.dtype = torch.bfloat16,
+              tree: tuple[str, dict] | None = None) -> Path:
     """Save a trainable head's weights (cast to ``dtype``) and metadata."""
     from safetensors.torch import save_file
 
@@ -64,6 +70,8 @@ def save_head(head, folder: str | Path, plugin: str, recipe: dict | None = None,
         "draft_vocab_size": int(head.vocab_ids.numel()),
         "dtype": str(dtype).replace("torch.", ""),
         "target": head.target.identity().as_dict(),
+        "inference": dict(zip(("tree", "tree_options"),
+                              tree or DEFAULT_TREE.get(plugin, ("chain", {})))),
         "recipe": recipe or {},
         "metrics": metrics or {},
     }

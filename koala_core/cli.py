@@ -8,7 +8,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import KoalaError
+from .errors import ConfigError, KoalaError
 
 
 class KoalaGroup(click.Group):
@@ -67,7 +67,8 @@ def _parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
 @click.option("--checkpoint", default=None, help="A trained head checkpoint folder.")
 @click.option("--head-option", "head_options", multiple=True, metavar="KEY=VALUE",
               help="Option of the head (repeatable).")
-@click.option("--tree", default="chain", show_default=True, help="Tree policy plugin.")
+@click.option("--tree", default=None,
+              help="Tree policy plugin (default: the checkpoint's choice, else chain).")
 @click.option("--tree-option", "tree_options", multiple=True, metavar="KEY=VALUE",
               help="Option of the tree policy (repeatable), e.g. depth=4 or preset=medium.")
 @click.option("--verifier", default=None,
@@ -185,6 +186,48 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
 
 
 @main.command()
+@click.option("--prompts", "prompt_spec", default="mtbench", show_default=True,
+              help="mtbench | gsm8k | a JSONL file with 'prompt' (or 'turns'), optional 'id', 'category'.")
+@click.option("--methods", default="vanilla,lookup,hf-lookup,default", show_default=True,
+              help="Comma-separated: vanilla, lookup, hf-lookup, default, shipped names, checkpoint folders.")
+@click.option("--limit", default=10, show_default=True, help="Prompts to use (0 = all).")
+@click.option("--offset", default=0, show_default=True, help="Skip this many prompts first.")
+@click.option("--max-new-tokens", default=128, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True)
+@click.option("--repeats", default=1, show_default=True)
+@click.option("--model", default="default", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="float32", show_default=True)
+@click.option("--out", default="bench-out", show_default=True)
+def bench(prompt_spec, methods, limit, offset, max_new_tokens, temperature, repeats, model, device,
+          dtype, out) -> None:
+    """Compare methods side by side (interleaved, one process): tau, speedup, identity."""
+    from .bench import load_prompts, run_bench, write_report
+    from .compose import build_method
+    from .engine import GenerationConfig
+    from .model import load_target
+    from .sampling import Sampling
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if "vanilla" in names:
+        names.remove("vanilla")
+    names = ["vanilla"] + names
+    prompts = load_prompts(prompt_spec)[offset:]
+    prompts = prompts[:limit] if limit else prompts
+    if not prompts:
+        raise ConfigError("no prompts left after --offset/--limit")
+    config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=Sampling(temperature), seed=0)
+    target = load_target(model, device=device, dtype=dtype)
+    method_objs = [build_method(n, target) for n in names]
+    results = run_bench(method_objs, target, prompts, config, repeats=repeats)
+    results["meta"] = {"prompts": prompt_spec, "n_prompts": len(prompts), "offset": offset,
+                       "max_new_tokens": max_new_tokens, "temperature": temperature,
+                       "repeats": repeats, "model": model, "dtype": dtype, "device": device}
+    write_report(results, out)
+    click.echo(open(f"{out}/results.md").read())
+
+
+@main.command()
 @click.option("--model", default="default", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True, help="float32 or bfloat16.")
@@ -198,7 +241,6 @@ def cost(model, device, dtype, sizes, context, repeats, as_json) -> None:
     import torch
 
     from .costs import verify_cost_curve
-    from .errors import ConfigError
     from .model import load_target
 
     try:

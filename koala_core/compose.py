@@ -11,7 +11,7 @@ from .sampling import Sampling
 
 
 def build_engine(model: str = "default", head: str | None = "default", checkpoint: str | None = None,
-                 head_options: dict[str, Any] | None = None, tree: str = "chain",
+                 head_options: dict[str, Any] | None = None, tree: str | None = None,
                  tree_options: dict[str, Any] | None = None, verifier: str | None = None,
                  verifier_options: dict[str, Any] | None = None, sampling: Sampling = Sampling(),
                  device: str = "cpu", dtype: str = "float32", registry: Registry | None = None):
@@ -36,16 +36,60 @@ def build_engine(model: str = "default", head: str | None = "default", checkpoin
         build_config(reg.get("heads", head).cls, head_options or {}, where=f"head {head!r}")
     elif head_options:
         raise ConfigError("head options given without a head")
-    tree_policy = reg.create("tree_policies", tree, tree_options)
+    if checkpoint is not None:
+        from .checkpoint import read_meta
+
+        meta = read_meta(checkpoint)
+        if head_options:
+            raise ConfigError("head options come from the checkpoint; drop --head-option")
+        if tree is None:
+            tree = meta.get("inference", {}).get("tree", "chain")
+            tree_options = {**meta.get("inference", {}).get("tree_options", {}), **(tree_options or {})}
+    tree_policy = reg.create("tree_policies", tree or "chain", tree_options)
     ver = reg.create("verifiers", verifier, verifier_options)
     target = load_target(model, device=device, dtype=dtype)
-    drafter = None
+    return SpeculativeEngine(target, make_drafter(target, head, head_options, checkpoint, reg),
+                             tree_policy, ver)
+
+
+def make_drafter(target, head: str | None, head_options: dict | None, checkpoint: str | None,
+                 registry: Registry):
+    """A head from a checkpoint folder, a plugin name, or None."""
     if checkpoint is not None:
         from .checkpoint import load_head
 
-        if head_options:
-            raise ConfigError("head options come from the checkpoint; drop --head-option")
-        drafter = load_head(checkpoint, target, reg)
-    elif head is not None:
-        drafter = reg.create("heads", head, head_options, target=target).to(target.device)
-    return SpeculativeEngine(target, drafter, tree_policy if drafter else None, ver)
+        return load_head(checkpoint, target, registry)
+    if head is not None:
+        return registry.create("heads", head, head_options, target=target).to(target.device)
+    return None
+
+
+def build_method(spec: str, target, registry: Registry | None = None):
+    """A bench method from its name: vanilla, lookup, hf-lookup, default, or a checkpoint folder."""
+    from pathlib import Path
+
+    from .bench import Method
+    from .checkpoint import read_meta
+    from .engine import SpeculativeEngine
+    from .shipped import default_checkpoint, shipped_checkpoints
+
+    reg = registry or default_registry()
+    if spec == "vanilla":
+        return Method(spec, SpeculativeEngine(target, verifier=reg.create("verifiers", "rejection")))
+    if spec == "hf-lookup":
+        return Method(spec, hf_target=target)
+    if spec == "lookup":
+        return Method(spec, SpeculativeEngine(target, make_drafter(target, "lookup", None, None, reg)))
+    folder = default_checkpoint("default") if spec == "default" else None
+    if spec == "default" and folder is None:
+        raise ConfigError("no shipped default checkpoint in this installation")
+    folder = folder or (shipped_checkpoints().get(spec) or spec)
+    if not (Path(folder) / "koala.json").is_file():
+        known = ", ".join(["vanilla", "lookup", "hf-lookup", "default", *shipped_checkpoints()])
+        raise ConfigError(f"unknown bench method {spec!r}: use one of {known}, or a checkpoint folder")
+    meta = read_meta(folder)
+    inference = meta.get("inference", {})
+    policy = reg.create("tree_policies", inference.get("tree", "chain"),
+                        inference.get("tree_options", {}))
+    return Method(spec, SpeculativeEngine(target, make_drafter(target, None, None, str(folder), reg),
+                                          policy))

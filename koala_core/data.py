@@ -140,12 +140,17 @@ def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
         old = json.loads(manifest_path.read_text())
         if old.get("target") != ident:
             raise KoalaError(f"{out} holds data prepared for another model; choose a new --out")
-        if old.get("config") != asdict(config):
+        fixed = {k: v for k, v in asdict(config).items() if k != "max_tokens"}
+        if {k: v for k, v in old.get("config", {}).items() if k != "max_tokens"} != fixed:
             raise KoalaError(f"{out} was prepared with other settings ({old.get('config')}); "
-                             f"use the same settings to resume, or a new --out")
+                             f"use the same settings to resume (only --max-tokens may grow), "
+                             f"or a new --out")
         manifest = old
-        if manifest["complete"]:
+        have = manifest["tokens"]["train"] + manifest["tokens"]["val"]
+        if manifest["complete"] and (have >= config.max_tokens or manifest.get("exhausted")):
             return manifest
+        manifest["config"] = asdict(config)
+        manifest["complete"] = False
     tok = target.tokenizer
     counts = manifest["tokens"]
     writers = {s: ShardWriter(out, s, config.shard_tokens,
@@ -163,7 +168,7 @@ def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
         manifest["conversations_done"] = conversations
         _write_json(manifest_path, manifest)
 
-    pending = {"train": 0, "val": 0}
+    index = done
     for index, messages in enumerate(iter_sharegpt(data)):
         if index < done:
             continue
@@ -187,12 +192,12 @@ def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
             arrays["topk_logp"] = top.values.to("cpu", torch.float16)
         writers[split].add(**arrays)
         counts[split] += len(ids)
-        pending[split] += len(ids)
         bar.update(len(ids))
         if max(w.tokens for w in writers.values()) >= config.shard_tokens:
             commit(index + 1)
     else:
         index += 1
+        manifest["exhausted"] = True  # every conversation of the file is in
     commit(index)
     manifest["complete"] = True
     _write_json(manifest_path, manifest)

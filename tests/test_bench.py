@@ -1,0 +1,36 @@
+"""`koala bench` on a tiny model: every field present, lossless methods identical to vanilla."""
+
+import json
+
+from conftest import tiny_target
+from koala_core.bench import Method, load_prompts, run_bench, write_report
+from koala_core.engine import GenerationConfig, SpeculativeEngine
+
+
+def test_bench_results_have_every_field(tmp_path, registry):
+    target = tiny_target()
+    prompts_file = tmp_path / "p.jsonl"
+    rows = [{"id": "a", "prompt": "t5 t6 t7 t5 t6 t7", "category": "x"},
+            {"turns": ["t9 t10 t11 t9 t10"], "category": "y"},
+            {"prompt": "t20 t21 t22 t20 t21", "category": "x"}]
+    prompts_file.write_text("\n".join(json.dumps(r) for r in rows))
+    prompts = load_prompts(str(prompts_file))
+    assert [p["category"] for p in prompts] == ["x", "y", "x"]
+    methods = [Method("vanilla", SpeculativeEngine(target)),
+               Method("lookup", SpeculativeEngine(target, registry.create("heads", "lookup"))),
+               Method("hf-lookup", hf_target=target)]
+    results = run_bench(methods, target, prompts, GenerationConfig(24, stop_at_eos=False),
+                        progress=False)
+    write_report(results, tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    by_name = {m["method"]: m for m in saved["methods"]}
+    for m in by_name.values():
+        assert set(m["speedup"]) == {"median", "min", "max", "mean"}
+        assert m["tokens_per_s"] > 0
+    assert by_name["lookup"]["identical_to_vanilla"] == 1.0
+    assert by_name["lookup"]["tau"] >= 1.0 and by_name["lookup"]["accept_histogram"]
+    assert by_name["hf-lookup"]["tau"] is None
+    assert set(saved["by_category"]) == {"x", "y"}
+    assert (tmp_path / "out" / "results.md").read_text().count("|") > 10
+    assert (tmp_path / "out" / "speedup.png").is_file()
+    assert (tmp_path / "out" / "acceptance.png").is_file()
