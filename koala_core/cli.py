@@ -168,9 +168,11 @@ def prepare(model, out, max_tokens, max_length, topk, data, device) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--eval-every", default=250, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its saved state.")
+@click.option("--tree", default=None, help="Tree policy recorded as the checkpoint's default.")
+@click.option("--tree-option", "tree_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--device", default="cpu", show_default=True)
 def train(model, data, out, head, head_options, loss, loss_options, steps, batch_size, window, lr,
-          warmup, seed, eval_every, resume, device) -> None:
+          warmup, seed, eval_every, resume, tree, tree_options, device) -> None:
     """Train a draft head (supervised) from prepared data; writes a checkpoint folder."""
     from .model import load_target
     from .training import TrainConfig, train as run_train
@@ -179,8 +181,15 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
                          loss=loss, loss_options=_parse_options(loss_options, "--loss-option"),
                          steps=steps, batch_size=batch_size, window=window, lr=lr, warmup=warmup,
                          seed=seed, eval_every=eval_every, save_every=eval_every)
+    from .registry import default_registry
+
+    tree_spec = None
+    if tree:
+        opts = _parse_options(tree_options, "--tree-option")
+        default_registry().create("tree_policies", tree, opts)  # validate before training
+        tree_spec = (tree, opts)
     target = load_target(model, device=device)
-    metrics = run_train(target, data, out, config, resume=resume)
+    metrics = run_train(target, data, out, config, resume=resume, tree=tree_spec)
     accs = " ".join(f"{a:.3f}" for a in metrics["val_top1"])
     click.echo(f"{out}: validation top-1 per depth {accs} ({metrics['train_seconds']} s)")
 

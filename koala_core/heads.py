@@ -100,6 +100,21 @@ class NeuralHead(DraftHead):
         """Predictions for every draft depth over a training batch (teacher forcing); labels and
         top-k ids may still be target-vocabulary ids: :meth:`to_draft_space` maps them."""
 
+    def depth_output(self, batch: TrainBatch, k: int, feat: torch.Tensor,
+                     target_features: torch.Tensor | None = None) -> DepthOutput:
+        """The prediction ``feat`` (B, L, D) made at position t for the target's label at t+k."""
+        def ahead(t):
+            return None if t is None else shifted(t, k).flatten(0, 1)
+
+        return DepthOutput(
+            logits=self.project(feat).flatten(0, 1),
+            labels=shifted(batch.labels, k).flatten(),
+            weight=shifted(batch.loss_mask, k).flatten().float(),  # the padding shifted in is 0
+            context=batch.hidden.flatten(0, 1),
+            features=None if target_features is None else feat.flatten(0, 1),
+            target_features=target_features,
+            topk_ids=ahead(batch.topk_ids), topk_logp=ahead(batch.topk_logp))
+
     def to_draft_space(self, out: DepthOutput) -> DepthOutput:
         out.labels = self.to_draft(out.labels.long())
         if out.topk_ids is not None:

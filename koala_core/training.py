@@ -136,7 +136,8 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 
 
 def train(target, data: str | Path, out: str | Path, config: TrainConfig = TrainConfig(),
-          resume: bool = False, registry=None, progress: bool = True) -> dict:
+          resume: bool = False, registry=None, progress: bool = True,
+          tree: tuple[str, dict] | None = None) -> dict:
     """Train ``config.head`` on prepared ``data``; writes the checkpoint to ``out``."""
     from tqdm.auto import tqdm
 
@@ -195,7 +196,7 @@ def train(target, data: str | Path, out: str | Path, config: TrainConfig = Train
     metrics = {"val_top1": accs, "steps": step, "train_seconds": round(seconds, 1),
                "history": history}
     recipe = {"train": dataclasses.asdict(config), "loss": loss_name, "data": data_summary(data)}
-    save_head(head, out, config.head, recipe=recipe, metrics=metrics)
+    save_head(head, out, config.head, recipe=recipe, metrics=metrics, tree=tree)
     save_train_state(state_dir, head, opt, gen, step, config)
     return metrics
 

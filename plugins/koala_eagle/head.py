@@ -133,17 +133,4 @@ class EagleHead(NeuralHead):
         pos = torch.arange(L, device=h.device).expand(B, L)
         # row t: [emb(x_{t+1}); f_t] -> f_{t+1}; its token label is the target's label at t+1
         pred = self.run(h, shifted(batch.input_ids, 1), pos)
-        weight = shifted(batch.loss_mask, 1).float()
-        weight[:, -1] = 0
-        return [DepthOutput(
-            logits=self.project(pred).flatten(0, 1),
-            labels=shifted(batch.labels, 1).flatten(),
-            weight=weight.flatten(),
-            context=h.flatten(0, 1),
-            features=pred.flatten(0, 1),
-            target_features=shifted(h, 1).flatten(0, 1),
-            topk_ids=None if batch.topk_ids is None else shifted(batch.topk_ids, 1).flatten(0, 1),
-            topk_logp=None if batch.topk_logp is None else shifted(batch.topk_logp, 1).flatten(0, 1),
-        )]
-
-
+        return [self.depth_output(batch, 1, pred, target_features=shifted(h, 1).flatten(0, 1))]

@@ -68,19 +68,9 @@ class HydraHead(NeuralHead):
         return out
 
     def train_outputs(self, batch: TrainBatch) -> list[DepthOutput]:
-        h = batch.hidden  # (B, L, D)
         outs = []
         for k in range(1, self.config.heads + 1):
+            # head k at t reads the text tokens t+1..t+k and predicts the target's label at t+k
             path = torch.stack([shifted(batch.input_ids, j) for j in range(1, k + 1)], -1)  # (B, L, k)
-            feat = self.head(k, h, path)
-            weight = shifted(batch.loss_mask, k).float()
-            weight[:, -k:] = 0
-            outs.append(DepthOutput(
-                logits=self.project(feat).flatten(0, 1),
-                labels=shifted(batch.labels, k).flatten(),
-                weight=weight.flatten(),
-                context=h.flatten(0, 1),
-                topk_ids=None if batch.topk_ids is None else shifted(batch.topk_ids, k).flatten(0, 1),
-                topk_logp=None if batch.topk_logp is None else shifted(batch.topk_logp, k).flatten(0, 1),
-            ))
+            outs.append(self.depth_output(batch, k, self.head(k, batch.hidden, path)))
         return outs

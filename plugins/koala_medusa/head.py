@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from koala_core.errors import ConfigError
-from koala_core.heads import DepthOutput, NeuralHead, TrainBatch, apply_blocks, residual_blocks, shifted
+from koala_core.heads import DepthOutput, NeuralHead, TrainBatch, apply_blocks, residual_blocks
 from koala_core.interfaces import Candidates, DraftContext
 from koala_core.tree import Tree
 
@@ -58,16 +58,6 @@ class MedusaHead(NeuralHead):
         return out
 
     def train_outputs(self, batch: TrainBatch) -> list[DepthOutput]:
-        h = batch.hidden  # (B, L, D)
-        outs = []
-        for k, feat in enumerate(self.features(h), start=1):
-            # head k at position t predicts token t+k+1, i.e. the target's label at t+k
-            outs.append(DepthOutput(
-                logits=self.project(feat).flatten(0, 1),
-                labels=shifted(batch.labels, k).flatten(),
-                weight=shifted(batch.loss_mask, k).flatten().float(),
-                context=h.flatten(0, 1),
-                topk_ids=None if batch.topk_ids is None else shifted(batch.topk_ids, k).flatten(0, 1),
-                topk_logp=None if batch.topk_logp is None else shifted(batch.topk_logp, k).flatten(0, 1),
-            ))
-        return outs
+        # head k at position t predicts token t+k+1, i.e. the target's label at t+k
+        return [self.depth_output(batch, k, feat)
+                for k, feat in enumerate(self.features(batch.hidden), start=1)]
