@@ -31,6 +31,10 @@ KINDS: dict[str, str] = {
 }
 
 
+LABELS = {"heads": "head", "tree_policies": "tree policy", "verifiers": "verifier", "losses": "loss",
+          "discriminators": "discriminator", "adversarial_losses": "adversarial loss"}
+
+
 @dataclass(frozen=True)
 class PluginInfo:
     """One registered component: its kind, name, class and where it came from."""
@@ -117,7 +121,7 @@ class Registry:
                     old = items[_kind].get(name)
                     if old is not None:
                         raise PluginError(
-                            f"{_kind[:-1].replace('_', ' ')} {name!r} is registered twice: by "
+                            f"{LABELS[_kind]} {name!r} is registered twice: by "
                             f"{old.plugin!r} (package {old.package}) and by {_impl.plugin_name!r} "
                             f"(package {_pkg}). Uninstall one of the two packages."
                         )
@@ -139,7 +143,7 @@ class Registry:
         assert kind in KINDS, kind
         items = self._collect()[kind]
         if name not in items:
-            label = kind[:-1].replace("_", " ")
+            label = LABELS[kind]
             known = ", ".join(sorted(items)) or "none installed"
             raise PluginError(f"unknown {label} {name!r}; known: {known}")
         return items[name]
@@ -149,7 +153,7 @@ class Registry:
         from .config import build_config
 
         info = self.get(kind, name)
-        config = build_config(info.cls, options or {}, where=f"{kind[:-1]} {name!r}")
+        config = build_config(info.cls, options or {}, where=f"{LABELS[kind]} {name!r}")
         obj = info.cls(config, **kwargs)
         obj.plugin_name = name
         return obj
