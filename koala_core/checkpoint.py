@@ -9,42 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from .errors import CheckpointError, ConfigError, PluginError
+from .files import write_folder_atomic
 
 FORMAT = 1
 WEIGHTS, META = "model.safetensors", "koala.json"
 REQUIRED = ("format", "plugin", "head_config", "target")
-
-
-def write_folder_atomic(folder: Path, files: dict[str, Any]) -> None:
-    """Write ``files`` (name -> bytes | callable(path)) into ``folder``, replacing it atomically."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    os.chmod(tmp, 0o755)
-    try:
-        for name, content in files.items():
-            if callable(content):
-                content(tmp / name)
-            else:
-                (tmp / name).write_bytes(content)
-        old = None
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # The tree a head drafts best with, unless the user picks one (recorded in koala.json).

