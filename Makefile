@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROMPT ?= Write a short poem about koalas, then repeat its first line.
 
-.PHONY: demo test test-fast bench-cost setup clean
+.PHONY: demo test test-fast bench bench-cost setup clean
 
 $(BIN)/koala: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python -m pytest benchmarks --benchmark-only -q
 
 bench-cost: setup
 	$(BIN)/python -m pytest benchmarks/test_verify_cost.py --benchmark-only -q

@@ -45,6 +45,7 @@ class TargetModel:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
+        self.kernels = "torch"  # load_target sets "onednn" when it swaps the Linear kernels
         self.config = model.config
         params = inspect.signature(self.decoder.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"

@@ -94,7 +94,7 @@ def summarize(name: str, runs: list[MethodRun], base: list[MethodRun], lossy: bo
                     "max": max(speedups), "mean": statistics.fmean(speedups)},
         "identical_to_vanilla": sum(r.tokens == b.tokens for r, b in zip(runs, base)) / len(runs),
         "lossy": lossy, "tau": None, "token_efficiency": None, "draft_share": None,
-        "verify_share": None, "accept_histogram": None,
+        "verify_share": None, "draft_ms_per_step": None, "accept_histogram": None,
     }
     if runs[0].forwards is not None:
         forwards = sum(r.forwards for r in runs)
@@ -103,6 +103,8 @@ def summarize(name: str, runs: list[MethodRun], base: list[MethodRun], lossy: bo
         out["token_efficiency"] = sum(r.accepted for r in runs) / drafted if drafted else None
         out["draft_share"] = sum(r.draft_s for r in runs) / seconds
         out["verify_share"] = sum(r.verify_s for r in runs) / seconds
+        n_steps = sum(len(r.accept_lengths) for r in runs)
+        out["draft_ms_per_step"] = 1e3 * sum(r.draft_s for r in runs) / max(n_steps, 1)
         hist = Counter(n for r in runs for n in r.accept_lengths)
         out["accept_histogram"] = {str(k): hist[k] for k in sorted(hist)}
     return out
@@ -152,6 +154,10 @@ def write_report(results: dict, out: str | Path) -> None:
         pass  # matplotlib is optional
 
 
+def format_speedup(s: dict) -> str:
+    return f"{s['median']:.2f}x [{s['min']:.2f}-{s['max']:.2f}]"
+
+
 def _fmt(x, spec=".2f"):
     return "-" if x is None else format(x, spec)
 
@@ -160,14 +166,14 @@ def markdown_table(results: dict) -> str:
     meta = results.get("meta", {})
     lines = [f"# koala bench: {meta.get('prompts', '')}", "",
              f"{meta.get('n_prompts', '')} prompts x {meta.get('max_new_tokens', '')} new tokens, "
-             f"T={meta.get('temperature', 0)}, {meta.get('dtype', '')}, {meta.get('device', '')}; "
+             f"T={meta.get('temperature', 0)}, {meta.get('dtype', '')} ({meta.get('kernels', 'torch')} kernels), "
+             f"{meta.get('device', '')}; "
              "speedup = per-prompt seconds/token of vanilla over the method's (median [min-max]).", "",
              "| method | tau | speedup | tokens/s | token eff. | identical | lossy |",
              "|---|---:|---|---:|---:|---:|---|"]
     for m in results["methods"]:
-        s = m["speedup"]
-        lines.append(f"| {m['method']} | {_fmt(m['tau'])} | {s['median']:.2f}x "
-                     f"[{s['min']:.2f}-{s['max']:.2f}] | {m['tokens_per_s']:.1f} | "
+        lines.append(f"| {m['method']} | {_fmt(m['tau'])} | {format_speedup(m['speedup'])} | "
+                     f"{m['tokens_per_s']:.1f} | "
                      f"{_fmt(m['token_efficiency'])} | {m['identical_to_vanilla']:.0%} | "
                      f"{'LOSSY' if m['lossy'] else 'no'} |")
     return "\n".join(lines) + "\n"

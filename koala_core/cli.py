@@ -47,6 +47,15 @@ def plugins(as_json: bool) -> None:
             click.echo(f"  {p.name:<12} {p.package} {p.version}{flag}  {p.summary}")
 
 
+def _refuse_with_recipe(ctx, names: tuple[str, ...]) -> None:
+    from click.core import ParameterSource
+
+    given = [n for n in names if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+    if given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise ConfigError(f"{flags}: the recipe decides this; edit the recipe or drop --recipe")
+
+
 def _parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
     out = {}
     for pair in pairs:
@@ -55,6 +64,13 @@ def _parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
             raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=flag)
         out[key.replace("-", "_")] = value
     return out
+
+
+def kernels_option(fn):
+    return click.option("--kernels", default="auto", show_default=True,
+                        type=click.Choice(["auto", "onednn", "torch"]),
+                        help="auto: fp32 CPU matmuls through oneDNN (flatter verify cost); "
+                             "torch: PyTorch's defaults.")(fn)
 
 
 @main.command()
@@ -82,10 +98,13 @@ def _parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--dtype", default="float32", show_default=True,
               help="float32 (exact) or bfloat16 (faster; not bit-exact against plain decoding).")
+@kernels_option
+@click.option("--recipe", default=None, help="A recipe from `koala compose` (head/checkpoint, tree, "
+              "verifier, temperature, model).")
 @click.option("--raw", is_flag=True, help="Do not wrap the prompt in the chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
 def generate(prompt, model, head, checkpoint, head_options, tree, tree_options, verifier, temperature, top_k,
-             top_p, max_new_tokens, seed, device, dtype, raw, as_json) -> None:
+             top_p, max_new_tokens, seed, device, dtype, kernels, recipe, raw, as_json) -> None:
     """Generate a reply to PROMPT ('-' reads stdin), speculatively unless --head none."""
     from .compose import build_engine
     from .engine import GenerationConfig
@@ -95,11 +114,20 @@ def generate(prompt, model, head, checkpoint, head_options, tree, tree_options, 
     if prompt == "-":
         prompt = sys.stdin.read()
     sampling = Sampling(temperature, top_k, top_p)
+    if recipe:
+        from .compose import recipe_engine_args
+        from .recipe import load_recipe
+
+        _refuse_with_recipe(click.get_current_context(), ("model", "head", "head_options", "tree",
+                                                          "tree_options", "verifier", "temperature"))
+        args = recipe_engine_args(load_recipe(recipe), checkpoint)
+        sampling = Sampling(args.pop("sampling").temperature, top_k, top_p)
+    else:
+        args = {"model": model, "head": head, "checkpoint": checkpoint,
+                "head_options": _parse_options(head_options, "--head-option"), "tree": tree,
+                "tree_options": _parse_options(tree_options, "--tree-option"), "verifier": verifier}
     config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
-    engine = build_engine(model=model, head=head, checkpoint=checkpoint,
-                          head_options=_parse_options(head_options, "--head-option"),
-                          tree=tree, tree_options=_parse_options(tree_options, "--tree-option"),
-                          verifier=verifier, sampling=sampling, device=device, dtype=dtype)
+    engine = build_engine(**args, sampling=sampling, device=device, dtype=dtype, kernels=kernels)
     tokenizer = engine.target.tokenizer
     ids = encode_prompt(tokenizer, prompt, raw=raw)
     out: list[int] = []
@@ -167,23 +195,65 @@ def prepare(model, out, max_tokens, max_length, topk, data, device) -> None:
 @click.option("--warmup", default=50, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--eval-every", default=250, show_default=True)
+@click.option("--discriminator", default="",
+              help="Discriminator plugin (feature-mlp, logit-mlp): adds KOALA's adversarial term.")
+@click.option("--discriminator-option", "disc_options", multiple=True, metavar="KEY=VALUE")
+@click.option("--adv-loss", default="bce", show_default=True, help="bce | hinge | wgan-gp.")
+@click.option("--adv-loss-option", "adv_options", multiple=True, metavar="KEY=VALUE")
+@click.option("--adv-weight", default=0.1, show_default=True, help="lambda_adv after warm-up.")
+@click.option("--adv-warmup", default=200, show_default=True, help="Steps for lambda_adv to ramp from 0.")
+@click.option("--d-lr", default=2e-4, show_default=True, help="Discriminator learning rate.")
+@click.option("--d-steps", default=1, show_default=True, help="Discriminator updates per head update.")
+@click.option("--recipe", default=None, help="A recipe from `koala compose`: head, loss, "
+              "discriminator, game and training settings (flags above then only override "
+              "steps, batch size, window, lr, warmup, seed, eval-every).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its saved state.")
 @click.option("--tree", default=None, help="Tree policy recorded as the checkpoint's default.")
 @click.option("--tree-option", "tree_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--device", default="cpu", show_default=True)
 def train(model, data, out, head, head_options, loss, loss_options, steps, batch_size, window, lr,
-          warmup, seed, eval_every, resume, tree, tree_options, device) -> None:
-    """Train a draft head (supervised) from prepared data; writes a checkpoint folder."""
+          warmup, seed, eval_every, discriminator, disc_options, adv_loss, adv_options, adv_weight,
+          adv_warmup, d_lr, d_steps, recipe, resume, tree, tree_options, device) -> None:
+    """Train a draft head from prepared data (supervised, plus adversarial with --discriminator)."""
+    from .adversary import AdversaryConfig
     from .model import load_target
     from .training import TrainConfig, train as run_train
 
+    adversary = AdversaryConfig(
+        discriminator=discriminator, adv_loss=adv_loss,
+        discriminator_options=_parse_options(disc_options, "--discriminator-option"),
+        adv_loss_options=_parse_options(adv_options, "--adv-loss-option"), adv_weight=adv_weight,
+        adv_warmup=adv_warmup, d_lr=d_lr, d_steps=d_steps)
     config = TrainConfig(head=head, head_options=_parse_options(head_options, "--head-option"),
                          loss=loss, loss_options=_parse_options(loss_options, "--loss-option"),
                          steps=steps, batch_size=batch_size, window=window, lr=lr, warmup=warmup,
-                         seed=seed, eval_every=eval_every, save_every=eval_every)
+                         seed=seed, eval_every=eval_every, save_every=eval_every, adversary=adversary)
+    recipe_tree = None
+    if recipe:
+        import dataclasses
+
+        from click.core import ParameterSource
+
+        from .recipe import load_recipe
+
+        ctx = click.get_current_context()
+        _refuse_with_recipe(ctx, ("head", "head_options", "loss", "loss_options", "discriminator",
+                                  "disc_options", "adv_loss", "adv_options", "adv_weight",
+                                  "adv_warmup", "d_lr", "d_steps", "model"))
+        loaded = load_recipe(recipe)
+        model = loaded.model
+        overrides = {k: v for k, v in {"steps": steps, "batch_size": batch_size, "window": window,
+                                       "lr": lr, "warmup": warmup, "seed": seed,
+                                       "eval_every": eval_every}.items()
+                     if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+        if "eval_every" in overrides:
+            overrides["save_every"] = overrides["eval_every"]
+        config = dataclasses.replace(loaded.train_config(), **overrides)
+        if tree is None and loaded.tree.name:
+            recipe_tree = (loaded.tree.name, dict(loaded.tree.options))
     from .registry import default_registry
 
-    tree_spec = None
+    tree_spec = recipe_tree
     if tree:
         opts = _parse_options(tree_options, "--tree-option")
         default_registry().create("tree_policies", tree, opts)  # validate before training
@@ -207,9 +277,10 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
 @click.option("--model", default="default", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True)
+@kernels_option
 @click.option("--out", default="bench-out", show_default=True)
 def bench(prompt_spec, methods, limit, offset, max_new_tokens, temperature, repeats, model, device,
-          dtype, out) -> None:
+          dtype, kernels, out) -> None:
     """Compare methods side by side (interleaved, one process): tau, speedup, identity."""
     from .bench import load_prompts, run_bench, write_report
     from .compose import build_method
@@ -226,14 +297,157 @@ def bench(prompt_spec, methods, limit, offset, max_new_tokens, temperature, repe
     if not prompts:
         raise ConfigError("no prompts left after --offset/--limit")
     config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=Sampling(temperature), seed=0)
-    target = load_target(model, device=device, dtype=dtype)
+    target = load_target(model, device=device, dtype=dtype, kernels=kernels)
     method_objs = [build_method(n, target) for n in names]
     results = run_bench(method_objs, target, prompts, config, repeats=repeats)
     results["meta"] = {"prompts": prompt_spec, "n_prompts": len(prompts), "offset": offset,
                        "max_new_tokens": max_new_tokens, "temperature": temperature,
-                       "repeats": repeats, "model": model, "dtype": dtype, "device": device}
+                       "repeats": repeats, "model": model, "dtype": dtype, "device": device,
+                       "kernels": target.kernels}
     write_report(results, out)
     click.echo(open(f"{out}/results.md").read())
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--head", default="eagle", show_default=True, help="Draft head plugin.")
+@click.option("--tree", default="", help="Tree policy (default: the checkpoint's, else chain).")
+@click.option("--verifier", default="", help="greedy | rejection | typical (LOSSY).")
+@click.option("--loss", default="", help="Supervised loss (default: the family's).")
+@click.option("--discriminator", default="", help="Discriminator: adds adversarial training.")
+@click.option("--adv-loss", default="bce", show_default=True, help="Adversarial game.")
+@click.option("--temperature", default=0.0, show_default=True, type=float)
+@click.option("--model", default="default", show_default=True)
+@click.option("--checkpoint", default="", help="Trained head the recipe generates with.")
+@click.option("-o", "--out", default=None, help="Recipe file to write (default: print it).")
+@click.option("--help-options", is_flag=True, help="List every option of the chosen plugins.")
+@click.pass_context
+def compose(ctx, head, tree, verifier, loss, discriminator, adv_loss, temperature, model, checkpoint,
+            out, help_options) -> None:
+    """Choose one plugin of each kind and their options; check they fit; write a TOML recipe.
+
+    Any option of a chosen plugin's config is a flag: --KEY VALUE (the first of head, tree,
+    verifier, loss, discriminator, adv-loss, train that has KEY) or --SLOT.KEY VALUE, e.g.
+    `koala compose --head eagle --layers 2 --discriminator feature-mlp --discriminator.hidden 128
+    --adv-loss hinge --tree dynamic --verifier greedy --train.steps 2000 -o recipes/eagle-koala.toml`.
+    """
+    from .recipe import Recipe, Slot, describe
+    from .registry import default_registry
+
+    reg = default_registry()
+    base = Recipe(head=Slot(head), tree=Slot(tree), verifier=Slot(verifier), loss=Slot(loss),
+                  discriminator=Slot(discriminator), adv_loss=Slot(adv_loss if discriminator else ""),
+                  temperature=temperature, model=model, checkpoint=checkpoint)
+    if help_options:
+        base.validate(reg)
+        click.echo(describe(base, reg))
+        return
+    recipe = _apply_extra_options(base, ctx.args, reg).validate(reg)
+    text = recipe.to_toml()
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    recipe.save(out)
+    click.echo(f"wrote {out}")
+    if recipe.verifier.name and reg.get("verifiers", recipe.verifier.name).lossy:
+        click.echo(f"note: verifier {recipe.verifier.name!r} is LOSSY: output differs from the "
+                   "target's own distribution", err=True)
+
+
+def _apply_extra_options(recipe, args: list[str], reg):
+    """--KEY VALUE / --KEY=VALUE / --SLOT.KEY VALUE flags onto the recipe's plugin options."""
+    import dataclasses
+
+    from .config import describe_options
+    from .recipe import ADV_KEYS, SLOTS, TRAIN_KEYS, Slot
+
+    def owners(key: str) -> list[str]:
+        found = []
+        for slot, kind in SLOTS.items():
+            s = getattr(recipe, slot)
+            if s.name and key in {o["name"] for o in describe_options(reg.get(kind, s.name).cls)}:
+                found.append(slot)
+        if key in TRAIN_KEYS or key in ADV_KEYS:
+            found.append("train")
+        return found
+
+    updates: dict[str, dict] = {slot: dict(getattr(recipe, slot).options) for slot in SLOTS}
+    updates["train"] = dict(recipe.train)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(f"unexpected argument {arg!r}: options are --KEY VALUE")
+        flag, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ConfigError(f"--{flag} needs a value")
+            value, i = args[i + 1], i + 1
+        i += 1
+        slot, dot, key = flag.partition(".")
+        if not dot:
+            slot, key = "", flag
+        key = key.replace("-", "_")
+        slot = slot.replace("-", "_")
+        if slot and slot not in updates:
+            raise ConfigError(f"--{flag}: unknown section {slot!r}; use one of "
+                              + ", ".join([*SLOTS, "train"]))
+        if slot and slot != "train" and not getattr(recipe, slot).name:
+            raise ConfigError(f"--{flag}: no {slot} chosen (pass --{slot.replace('_', '-')} NAME)")
+        if not slot:
+            found = owners(key)
+            if not found:
+                raise ConfigError(f"--{flag}: no chosen plugin has an option {key!r} "
+                                  "(see `koala compose ... --help-options`)")
+            slot = found[0]
+        updates[slot][key] = value
+    slots = {slot: Slot(getattr(recipe, slot).name, updates[slot]) for slot in SLOTS}
+    return dataclasses.replace(recipe, **slots, train=updates["train"])
+
+
+@main.command()
+@click.option("--data", required=True, help="Folder made by `koala prepare` (with --topk for logit-mlp).")
+@click.option("--out", default="ablation", show_default=True)
+@click.option("--families", default="medusa,hydra,eagle", show_default=True)
+@click.option("--layers", default="1,2,3", show_default=True, help="Values of K to train.")
+@click.option("--steps", default=150, show_default=True, help="Training steps of every configuration.")
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--window", default=256, show_default=True)
+@click.option("--discriminator", default="logit-mlp", show_default=True)
+@click.option("--adv-loss", default="bce", show_default=True)
+@click.option("--adv-weight", default=0.1, show_default=True)
+@click.option("--adv-warmup", default=50, show_default=True)
+@click.option("--prompts", "prompt_spec", default="mtbench", show_default=True)
+@click.option("--offset", default=40, show_default=True, help="Skip this many prompts (held out: 40+).")
+@click.option("--limit", default=8, show_default=True)
+@click.option("--max-new-tokens", default=64, show_default=True)
+@click.option("--model", default="default", show_default=True)
+@kernels_option
+def ablate(data, out, families, layers, steps, batch_size, window, discriminator, adv_loss, adv_weight,
+           adv_warmup, prompt_spec, offset, limit, max_new_tokens, model, kernels) -> None:
+    """KOALA ablation: each family x K x {supervised, +adversarial}; table + PNG (resumable)."""
+    from .ablation import AblationConfig, run_ablation
+    from .adversary import AdversaryConfig
+    from .bench import load_prompts
+    from .engine import GenerationConfig
+    from .model import load_target
+    from .training import TrainConfig
+
+    try:
+        ks = tuple(int(k) for k in layers.split(","))
+    except ValueError:
+        raise ConfigError(f"--layers must be comma-separated integers, got {layers!r}") from None
+    config = AblationConfig(
+        families=tuple(f.strip() for f in families.split(",") if f.strip()), layers=ks,
+        train=TrainConfig(steps=steps, batch_size=batch_size, window=window, eval_every=steps,
+                          save_every=max(1, min(50, steps))),
+        adversary=AdversaryConfig(discriminator=discriminator, adv_loss=adv_loss,
+                                  adv_weight=adv_weight, adv_warmup=adv_warmup))
+    prompts = load_prompts(prompt_spec)[offset:][:limit]
+    if not prompts:
+        raise ConfigError("no prompts left after --offset/--limit")
+    target = load_target(model, kernels=kernels)
+    run_ablation(target, data, out, config, prompts, GenerationConfig(max_new_tokens=max_new_tokens))
+    click.echo(open(f"{out}/ablation.md").read())
 
 
 @main.command()
@@ -244,8 +458,9 @@ def bench(prompt_spec, methods, limit, offset, max_new_tokens, temperature, repe
               help="Comma-separated token counts to verify.")
 @click.option("--context", default=256, show_default=True, help="Tokens already in the KV cache.")
 @click.option("--repeats", default=7, show_default=True)
+@kernels_option
 @click.option("--json", "as_json", is_flag=True)
-def cost(model, device, dtype, sizes, context, repeats, as_json) -> None:
+def cost(model, device, dtype, sizes, context, repeats, kernels, as_json) -> None:
     """Measure the verify cost curve: one target forward over n tokens vs a decode step."""
     import torch
 
@@ -258,14 +473,15 @@ def cost(model, device, dtype, sizes, context, repeats, as_json) -> None:
         raise ConfigError(f"--sizes must be comma-separated integers, got {sizes!r}") from None
     if not ns or min(ns) < 1:
         raise ConfigError("--sizes needs positive token counts")
-    target = load_target(model, device=device, dtype=dtype)
+    target = load_target(model, device=device, dtype=dtype, kernels=kernels)
     rows = verify_cost_curve(target, ns, context=context, repeats=repeats, progress=not as_json)
     if as_json:
-        click.echo(json.dumps({"model": model, "dtype": dtype, "device": device,
+        click.echo(json.dumps({"model": model, "dtype": dtype, "device": device, "kernels": target.kernels,
                                "threads": torch.get_num_threads(), "context": context,
                                "rows": rows}, indent=2))
         return
-    click.echo(f"verify cost, {model} {dtype} on {device} ({torch.get_num_threads()} threads), "
+    click.echo(f"verify cost, {model} {dtype} ({target.kernels} kernels) on {device} "
+               f"({torch.get_num_threads()} threads), "
                f"{context}-token cache, median of {repeats}")
     click.echo("   n      ms   (min-max)   x decode step")
     for r in rows:

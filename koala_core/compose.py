@@ -14,7 +14,8 @@ def build_engine(model: str = "default", head: str | None = "default", checkpoin
                  head_options: dict[str, Any] | None = None, tree: str | None = None,
                  tree_options: dict[str, Any] | None = None, verifier: str | None = None,
                  verifier_options: dict[str, Any] | None = None, sampling: Sampling = Sampling(),
-                 device: str = "cpu", dtype: str = "float32", registry: Registry | None = None):
+                 device: str = "cpu", dtype: str = "float32", kernels: str = "auto",
+                 registry: Registry | None = None):
     """A :class:`~koala_core.engine.SpeculativeEngine`; every name and option is checked before
     the model loads, so a typo fails in milliseconds."""
     from .engine import SpeculativeEngine
@@ -47,9 +48,27 @@ def build_engine(model: str = "default", head: str | None = "default", checkpoin
             tree_options = {**meta.get("inference", {}).get("tree_options", {}), **(tree_options or {})}
     tree_policy = reg.create("tree_policies", tree or "chain", tree_options)
     ver = reg.create("verifiers", verifier, verifier_options)
-    target = load_target(model, device=device, dtype=dtype)
+    target = load_target(model, device=device, dtype=dtype, kernels=kernels)
     return SpeculativeEngine(target, make_drafter(target, head, head_options, checkpoint, reg),
                              tree_policy, ver)
+
+
+def recipe_engine_args(recipe, checkpoint: str | None = None) -> dict:
+    """build_engine keyword arguments from a validated recipe (a trained head needs a checkpoint)."""
+    from .heads import NeuralHead
+
+    reg = default_registry()
+    checkpoint = checkpoint or recipe.checkpoint or None
+    head = recipe.head.name or None
+    if checkpoint is None and head and issubclass(reg.get("heads", head).cls, NeuralHead):
+        raise ConfigError(f"the recipe's {head!r} head is untrained: set checkpoint = \"DIR\" in the "
+                          "recipe, pass --checkpoint DIR, or train one with `koala train --recipe`")
+    return {"model": recipe.model, "head": None if checkpoint else head,
+            "head_options": None if checkpoint else dict(recipe.head.options),
+            "checkpoint": checkpoint, "tree": recipe.tree.name or None,
+            "tree_options": dict(recipe.tree.options), "verifier": recipe.verifier.name or None,
+            "verifier_options": dict(recipe.verifier.options),
+            "sampling": Sampling(recipe.temperature)}
 
 
 def make_drafter(target, head: str | None, head_options: dict | None, checkpoint: str | None,
@@ -74,6 +93,22 @@ def build_method(spec: str, target, registry: Registry | None = None):
     from .shipped import default_checkpoint, shipped_checkpoints
 
     reg = registry or default_registry()
+    if spec.endswith(".toml"):
+        from .recipe import load_recipe
+
+        args = recipe_engine_args(load_recipe(spec, reg))
+        if args["model"] != "default" and args["model"] != target.name:
+            raise ConfigError(f"recipe {spec} is for model {args['model']!r}; bench runs {target.name!r}")
+        policy = None
+        if args["tree"] is None and args["checkpoint"]:
+            inference = read_meta(args["checkpoint"]).get("inference", {})
+            args["tree"], args["tree_options"] = (inference.get("tree", "chain"),
+                                                  {**inference.get("tree_options", {}), **args["tree_options"]})
+        policy = reg.create("tree_policies", args["tree"] or "chain", args["tree_options"])
+        verifier = reg.create("verifiers", args["verifier"] or "greedy", args["verifier_options"])
+        drafter = make_drafter(target, args["head"], args["head_options"], args["checkpoint"], reg)
+        return Method(Path(spec).stem, SpeculativeEngine(target, drafter, policy, verifier),
+                      lossy=verifier.lossy)
     if spec == "vanilla":
         return Method(spec, SpeculativeEngine(target, verifier=reg.create("verifiers", "rejection")))
     if spec == "hf-lookup":

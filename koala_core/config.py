@@ -55,16 +55,21 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     return value
 
 
-def build_config(cls: type, options: dict[str, Any], where: str = "component"):
-    """``cls.Config(**options)`` with unknown keys and bad values reported clearly."""
-    config_cls = config_class(cls)
+def coerce_options(config_cls: type, options: dict[str, Any], where: str = "component") -> dict:
+    """``options`` typed for the fields of dataclass ``config_cls``; unknown keys are errors."""
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(options) - set(fields))
     if unknown:
         valid = ", ".join(sorted(fields)) or "(none)"
         raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}; valid options: {valid}")
     hints = typing.get_type_hints(config_cls)
-    values = {k: _coerce(v, hints.get(k, fields[k].type), k, where) for k, v in options.items()}
+    return {k: _coerce(v, hints.get(k, fields[k].type), k, where) for k, v in options.items()}
+
+
+def build_config(cls: type, options: dict[str, Any], where: str = "component"):
+    """``cls.Config(**options)`` with unknown keys and bad values reported clearly."""
+    config_cls = config_class(cls)
+    values = coerce_options(config_cls, options, where)
     try:
         return config_cls(**values)
     except (TypeError, ValueError) as exc:

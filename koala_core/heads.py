@@ -102,7 +102,11 @@ class NeuralHead(DraftHead):
 
     def depth_output(self, batch: TrainBatch, k: int, feat: torch.Tensor,
                      target_features: torch.Tensor | None = None) -> DepthOutput:
-        """The prediction ``feat`` (B, L, D) made at position t for the target's label at t+k."""
+        """The prediction ``feat`` (B, L, D) made at position t for the target's label at t+k.
+
+        Its real counterpart is the target's own feature f_{t+k} (whose LM-head row scores give
+        that label): ``target_features``, by default the cached hidden states shifted by k.
+        """
         def ahead(t):
             return None if t is None else shifted(t, k).flatten(0, 1)
 
@@ -111,8 +115,9 @@ class NeuralHead(DraftHead):
             labels=shifted(batch.labels, k).flatten(),
             weight=shifted(batch.loss_mask, k).flatten().float(),  # the padding shifted in is 0
             context=batch.hidden.flatten(0, 1),
-            features=None if target_features is None else feat.flatten(0, 1),
-            target_features=target_features,
+            features=feat.flatten(0, 1),
+            target_features=(shifted(batch.hidden, k).flatten(0, 1) if target_features is None
+                             else target_features),
             topk_ids=ahead(batch.topk_ids), topk_logp=ahead(batch.topk_logp))
 
     def to_draft_space(self, out: DepthOutput) -> DepthOutput:

@@ -134,7 +134,8 @@ class DepthOutput:
     logits: (N, Vd) over the draft vocabulary; labels: (N,) the target's token as a draft-vocabulary
     index (-1 where it lies outside the draft vocabulary); weight: (N,) 1 for positions that count;
     context: (N, D) the target hidden state the prediction was made from;
-    features / target_features: (N, D) for feature-level heads (EAGLE), else None;
+    features / target_features: (N, D) the head's feature for that position (the input of the LM
+    head) and the target's own (f_{t+k}); None for heads without features;
     topk_ids / topk_logp: (N, k) the target's top-k as draft indices (-1 outside) and log-probs.
     """
 
@@ -162,23 +163,29 @@ class Loss(nn.Module, abc.ABC):
 
 
 class Discriminator(nn.Module, abc.ABC):
-    """Tells the target's outputs (real) from a draft head's (fake).
+    """Tells the target's outputs (real) from a draft head's (fake), given the context.
 
-    forward(context (N, D), sample (N, F)) -> (N,) real-vs-fake scores (logits).
+    samples(out) picks what it compares from one depth's :class:`DepthOutput` (the fake side keeps
+    its graph to the head); forward(context (N, D), sample (N, F)) -> (N,) real-vs-fake scores.
+    context_dim is the target's hidden size; topk the number of target log-probs in the data.
     """
 
     Config: ClassVar[type] = NoConfig
 
-    def __init__(self, config=None, context_dim: int = 0, sample_dim: int = 0) -> None:
+    def __init__(self, config=None, context_dim: int = 0, topk: int = 0) -> None:
         super().__init__()
         self.config = config if config is not None else type(self).Config()
+
+    @abc.abstractmethod
+    def samples(self, out: DepthOutput) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     @abc.abstractmethod
     def forward(self, context: torch.Tensor, sample: torch.Tensor) -> torch.Tensor: ...
 
 
 class AdversarialLoss(abc.ABC):
-    """The game between head and discriminator: one loss for each player, from (N,) scores."""
+    """The game between head and discriminator: one loss per player from (N,) scores and (N,)
+    position weights, plus an optional penalty on the discriminator (e.g. a gradient penalty)."""
 
     Config: ClassVar[type] = NoConfig
 
@@ -186,7 +193,14 @@ class AdversarialLoss(abc.ABC):
         self.config = config if config is not None else type(self).Config()
 
     @abc.abstractmethod
-    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor: ...
+    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor,
+                           weight: torch.Tensor) -> torch.Tensor: ...
 
     @abc.abstractmethod
-    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor: ...
+    def generator_loss(self, fake: torch.Tensor, weight: torch.Tensor) -> torch.Tensor: ...
+
+    def penalty(self, discriminator: Discriminator, context: torch.Tensor, real: torch.Tensor,
+                fake: torch.Tensor, weight: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Extra discriminator loss; draw any randomness from ``generator`` (resumable runs)."""
+        return real.new_zeros(())

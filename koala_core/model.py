@@ -147,8 +147,16 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def load_target(spec: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu", dtype: str = "float32"):
-    """Load a target model as a :class:`koala_core.adapter.TargetModel`."""
+KERNELS = ("auto", "onednn", "torch")
+
+
+def load_target(spec: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu", dtype: str = "float32",
+                kernels: str = "auto"):
+    """Load a target model as a :class:`koala_core.adapter.TargetModel`.
+
+    ``kernels``: ``auto`` runs fp32 CPU Linear layers through oneDNN (see koala_core/kernels.py)
+    and everything else through torch's defaults; ``onednn`` insists on it; ``torch`` never uses it.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .adapter import TargetModel
@@ -167,7 +175,27 @@ def load_target(spec: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu", dt
     except OSError as exc:
         raise ModelError(f"cannot read the model in {folder}: {exc}") from exc
     model.to(dev).eval().requires_grad_(False)
-    return TargetModel(model, tokenizer, name=str(spec))
+    used = _choose_kernels(kernels, dev, torch_dtype)
+    if used == "onednn":
+        from .kernels import use_onednn_linears
+
+        use_onednn_linears(model)
+    target = TargetModel(model, tokenizer, name=str(spec))
+    target.kernels = used
+    return target
+
+
+def _choose_kernels(kernels: str, device, torch_dtype) -> str:
+    import torch
+
+    from .kernels import onednn_available
+
+    if kernels not in KERNELS:
+        raise ModelError(f"unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
+    fits = device.type == "cpu" and torch_dtype == torch.float32 and onednn_available()
+    if kernels == "onednn" and not fits:
+        raise ModelError("--kernels onednn needs float32 on a CPU with oneDNN (torch.backends.mkldnn)")
+    return "onednn" if kernels != "torch" and fits else "torch"
 
 
 def resolve_dtype(name: str):

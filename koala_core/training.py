@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .adversary import Adversary, AdversaryConfig
 from .checkpoint import save_head
 from .files import write_folder_atomic
 from .data import load_split
@@ -45,8 +46,11 @@ class TrainConfig:
     eval_every: int = 250
     save_every: int = 250
     seed: int = 0
+    adversary: AdversaryConfig = field(default_factory=AdversaryConfig)  # off unless a discriminator
 
     def __post_init__(self):
+        if isinstance(self.adversary, dict):  # from JSON / TOML
+            object.__setattr__(self, "adversary", AdversaryConfig(**self.adversary))
         for name in ("steps", "batch_size", "window", "eval_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train: {name} must be >= 1")
@@ -161,10 +165,15 @@ def train(target, data: str | Path, out: str | Path, config: TrainConfig = Train
     params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
+    adversary = None
+    if config.adversary.enabled:
+        topk = int(train_split["topk_ids"].shape[-1]) if "topk_ids" in train_split else 0
+        adversary = Adversary(config.adversary, reg, target.hidden_size, topk, target.device,
+                              seed=config.seed)
     step = 0
     state_dir = out.parent / f"{out.name}.train-state"
     if resume:
-        step = load_train_state(state_dir, head, opt, gen, config)
+        step = load_train_state(state_dir, head, opt, gen, config, adversary)
     history: list[dict] = []
     bar = tqdm(total=config.steps, initial=step, desc=f"train {config.head}", disable=not progress)
     t0 = time.perf_counter()
@@ -174,6 +183,11 @@ def train(target, data: str | Path, out: str | Path, config: TrainConfig = Train
         outs = [head.to_draft_space(o) for o in head.train_outputs(batch)]
         losses = [loss_fn(o) for o in outs]
         total = sum(config.depth_decay ** k * l for k, l in enumerate(losses))
+        post = {"loss": f"{total.item():.3f}"}
+        if adversary is not None:
+            adversary.discriminator_steps(outs, step)
+            total = total + adversary.generator_loss(outs, step, config.depth_decay)
+            post.update({k: f"{v:.3f}" for k, v in adversary.last.items()})
         if not torch.isfinite(total):
             raise KoalaError(f"training diverged at step {step} (loss {total.item()}); lower --lr")
         opt.zero_grad(set_to_none=True)
@@ -184,26 +198,31 @@ def train(target, data: str | Path, out: str | Path, config: TrainConfig = Train
         opt.step()
         step += 1
         bar.update()
-        post = {"loss": f"{total.item():.3f}"}
         if step % config.eval_every == 0 or step == config.steps:
             accs = evaluate(head, val_sampler)
-            history.append({"step": step, "loss": total.item(), "val_top1": accs})
+            history.append({"step": step, "loss": total.item(), "val_top1": accs,
+                            **(adversary.last if adversary is not None else {})})
             post["acc"] = "/".join(f"{a:.2f}" for a in accs[:4])
         bar.set_postfix(post)
         if step % config.save_every == 0 and step < config.steps:
-            save_train_state(state_dir, head, opt, gen, step, config)
+            save_train_state(state_dir, head, opt, gen, step, config, adversary)
     bar.close()
     seconds = time.perf_counter() - t0
     metrics = {"val_top1": accs, "steps": step, "train_seconds": round(seconds, 1),
                "history": history}
+    if adversary is not None:
+        metrics["adversary"] = {"backoffs": adversary.backoffs, "stopped_at": adversary.stopped_at}
     recipe = {"train": dataclasses.asdict(config), "loss": loss_name, "data": data_summary(data)}
+    if adversary is None:
+        recipe["train"].pop("adversary")
     save_head(head, out, config.head, recipe=recipe, metrics=metrics, tree=tree)
-    save_train_state(state_dir, head, opt, gen, step, config)
+    save_train_state(state_dir, head, opt, gen, step, config, adversary)
     return metrics
 
 
-def save_train_state(folder: Path, head, opt, gen, step: int, config: TrainConfig) -> None:
-    """Head + optimizer tensors in safetensors, the rest in JSON (no pickle)."""
+def save_train_state(folder: Path, head, opt, gen, step: int, config: TrainConfig,
+                     adversary: Adversary | None = None) -> None:
+    """Head + optimizer (+ discriminator) tensors in safetensors, the rest in JSON (no pickle)."""
     from safetensors.torch import save_file
 
     tensors = {f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
@@ -214,19 +233,24 @@ def save_train_state(folder: Path, head, opt, gen, step: int, config: TrainConfi
     tensors["rng"] = gen.get_state()
     meta = {"step": step, "config": dataclasses.asdict(config),
             "param_groups": opt_state["param_groups"]}
+    if adversary is not None:
+        tensors.update(adversary.state_tensors())
+        meta["adversary"] = adversary.state_meta()
     write_folder_atomic(folder, {
         "state.safetensors": lambda p: save_file(tensors, str(p)),
         "state.json": json.dumps(meta, indent=2).encode(),
     })
 
 
-def load_train_state(folder: Path, head, opt, gen, config: TrainConfig) -> int:
+def load_train_state(folder: Path, head, opt, gen, config: TrainConfig,
+                     adversary: Adversary | None = None) -> int:
     from safetensors.torch import load_file
 
     if not (folder / "state.json").is_file():
         raise KoalaError(f"nothing to resume: {folder} has no training state")
     meta = json.loads((folder / "state.json").read_text())
     saved = {k: v for k, v in meta["config"].items() if k != "steps"}
+    saved.setdefault("adversary", dataclasses.asdict(AdversaryConfig()))  # states from before it
     now = {k: v for k, v in dataclasses.asdict(config).items() if k != "steps"}
     if saved != now:
         changed = sorted(k for k in now if saved.get(k) != now[k])
@@ -240,4 +264,6 @@ def load_train_state(folder: Path, head, opt, gen, config: TrainConfig) -> int:
             state.setdefault(int(pid), {})[name] = v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     gen.set_state(tensors["rng"])
+    if adversary is not None:
+        adversary.load_state(tensors, meta.get("adversary", {}))
     return int(meta["step"])

@@ -108,3 +108,16 @@ def write_sharegpt(path, conversations: int = 40, seed: int = 0, vocab: int = 96
     text = json.dumps(records, indent=1)
     path.write_text(text[: len(text) - 50])  # cut inside the last record
     return path
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    """A tiny target and ShareGPT-like data prepared from it (with top-4 log-probs)."""
+    from koala_core.data import PrepareConfig, prepare
+
+    target = tiny_target()
+    src = write_sharegpt(tmp_path / "sharegpt.json")
+    out = tmp_path / "data"
+    prepare(target, out, PrepareConfig(max_tokens=3000, max_length=64, val_every=4, topk=4,
+                                       shard_tokens=500), data=src, progress=False)
+    return target, out

@@ -12,16 +12,6 @@ from koala_core.errors import CheckpointError, KoalaError
 from koala_core.training import TrainConfig, train
 
 
-@pytest.fixture
-def prepared(tmp_path):
-    target = tiny_target()
-    src = write_sharegpt(tmp_path / "sharegpt.json")
-    out = tmp_path / "data"
-    prepare(target, out, PrepareConfig(max_tokens=3000, max_length=64, val_every=4, topk=4,
-                                       shard_tokens=500), data=src, progress=False)
-    return target, out
-
-
 def test_sharegpt_reader_survives_truncation(tmp_path):
     src = write_sharegpt(tmp_path / "s.json", conversations=10)
     convs = list(iter_sharegpt(src))

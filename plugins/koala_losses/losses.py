@@ -68,7 +68,7 @@ class FeatureLoss(Loss):
 
     def forward(self, out: DepthOutput) -> torch.Tensor:
         if out.features is None or out.target_features is None:
-            raise ConfigError("the feature loss needs a feature-level head (eagle)")
+            raise ConfigError("the feature loss needs a head that exposes its features")
         reg = F.smooth_l1_loss(out.features.float(), out.target_features.float(),
                                reduction="none").mean(-1)
         return weighted_mean(reg, out.weight) + self.config.ce_weight * token_ce(out)

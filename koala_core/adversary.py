@@ -1,0 +1,204 @@
+"""The adversarial half of KOALA training: a discriminator, its game, its optimizer and its guards.
+
+Per head step the trainer calls :meth:`Adversary.discriminator_steps` (n_d updates of the
+discriminator on real samples against the head's detached fakes), then adds
+:meth:`Adversary.generator_loss` (lambda_adv, warmed up from 0, times the game's head loss) to the
+supervised loss. Discriminator accuracy is the share of positions where the real sample scores
+above the fake one for the same context (threshold-free, so it means the same for every game).
+
+Guards: a non-finite discriminator or adversarial loss stops training with a clear error; a
+discriminator that wins outright (accuracy >= ``collapse_acc`` for ``collapse_patience`` steps)
+gives the head little useful signal, so it backs off (halves its learning rate and pauses its
+updates for ``collapse_patience`` steps); after ``max_backoffs`` back-offs without recovery the
+adversarial game stops (lambda_adv = 0 from then on, recorded in the checkpoint's metrics) and
+training goes on supervised, with a message naming the settings to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import ConfigError, KoalaError
+from .interfaces import DepthOutput
+
+
+class CollapseError(KoalaError):
+    """Adversarial training collapsed (NaN, or a discriminator that cannot be kept in the game)."""
+
+
+@dataclass(frozen=True)
+class AdversaryConfig:
+    discriminator: str = field(default="", metadata={"help": "discriminator plugin; empty = supervised only"})
+    discriminator_options: dict = field(default_factory=dict)
+    adv_loss: str = field(default="bce", metadata={"help": "adversarial loss plugin (the game)"})
+    adv_loss_options: dict = field(default_factory=dict)
+    adv_weight: float = field(default=0.1, metadata={"help": "lambda_adv after warm-up"})
+    adv_warmup: int = field(default=200, metadata={"help": "head steps over which lambda_adv ramps from 0"})
+    d_lr: float = field(default=2e-4, metadata={"help": "discriminator learning rate (Adam)"})
+    d_steps: int = field(default=1, metadata={"help": "discriminator updates per head update (n_d)"})
+    d_positions: int = field(default=1024, metadata={"help": "positions per depth the discriminator sees per step"})
+    collapse_acc: float = field(default=0.99, metadata={"help": "accuracy counted as a won game"})
+    collapse_patience: int = field(default=100, metadata={"help": "steps at collapse_acc before backing off"})
+    max_backoffs: int = field(default=3, metadata={"help": "back-offs before training stops"})
+
+    def __post_init__(self):
+        if self.adv_weight < 0 or self.adv_warmup < 0:
+            raise ConfigError("adversarial: adv_weight and adv_warmup must be >= 0")
+        if self.d_lr <= 0 or self.d_steps < 1 or self.d_positions < 1:
+            raise ConfigError("adversarial: need d_lr > 0, d_steps >= 1, d_positions >= 1")
+        if not 0.5 < self.collapse_acc <= 1 or self.collapse_patience < 1 or self.max_backoffs < 0:
+            raise ConfigError("adversarial: need 0.5 < collapse_acc <= 1, collapse_patience >= 1, "
+                              "max_backoffs >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.discriminator)
+
+
+class Adversary:
+    def __init__(self, config: AdversaryConfig, registry, context_dim: int, topk: int, device,
+                 seed: int = 0) -> None:
+        self.config = config
+        self.disc = registry.create("discriminators", config.discriminator,
+                                    config.discriminator_options, context_dim=context_dim, topk=topk)
+        self.disc.to(device).train()
+        self.game = registry.create("adversarial_losses", config.adv_loss, config.adv_loss_options)
+        self.opt = torch.optim.Adam(self.disc.parameters(), lr=config.d_lr, betas=(0.5, 0.999))
+        self.gen = torch.Generator().manual_seed(seed + 1)  # its own stream: the data order stays put
+        self.pinned = 0  # consecutive steps at collapse accuracy
+        self.paused = 0  # steps left without discriminator updates
+        self.backoffs = 0
+        self.stopped_at: int | None = None  # the step the game was given up, if it was
+        self.last: dict[str, float] = {}
+
+    # -- one training step ---------------------------------------------------------------------
+    def lambda_at(self, step: int) -> float:
+        c = self.config
+        return c.adv_weight * (1.0 if c.adv_warmup == 0 else min(1.0, step / c.adv_warmup))
+
+    def _pick(self, out: DepthOutput) -> torch.Tensor:
+        idx = torch.nonzero(out.weight > 0).flatten()
+        if idx.numel() > self.config.d_positions:
+            perm = torch.randperm(idx.numel(), generator=self.gen)[: self.config.d_positions]
+            idx = idx[perm.to(idx.device)]
+        return idx
+
+    def _subset(self, out: DepthOutput) -> DepthOutput:
+        """The depth output at up to ``d_positions`` random weighted positions (a cheaper game)."""
+        idx = self._pick(out)
+        return DepthOutput(**{f.name: None if getattr(out, f.name) is None else getattr(out, f.name)[idx]
+                              for f in dataclasses.fields(out)})
+
+    def _gather(self, outs: list[DepthOutput]):
+        ctx, real, fake = [], [], []
+        for out in outs:
+            sub = self._subset(out)
+            r, f = self.disc.samples(sub)
+            ctx.append(sub.context.float())
+            real.append(r)
+            fake.append(f)
+        return torch.cat(ctx), torch.cat(real), torch.cat(fake)
+
+    def discriminator_steps(self, outs: list[DepthOutput], step: int) -> dict[str, float]:
+        """n_d discriminator updates on this batch's samples (fakes detached from the head)."""
+        if self.stopped_at is not None:
+            return self.last
+        ctx, real, fake = self._gather(outs)
+        ctx, real, fake = ctx.detach(), real.detach(), fake.detach()
+        weight = torch.ones(real.shape[0], device=real.device)
+        for _ in range(self.config.d_steps if not self.paused else 0):
+            r, f = self.disc(ctx, real), self.disc(ctx, fake)
+            loss = self.game.discriminator_loss(r, f, weight)
+            loss = loss + self.game.penalty(self.disc, ctx, real, fake, weight, self.gen)
+            if not torch.isfinite(loss):
+                raise CollapseError(f"discriminator loss is {loss.item()} at step {step}; lower --d-lr "
+                                    "or use spectral_norm=true / the wgan-gp game")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.last["d_loss"] = loss.item()
+        with torch.no_grad():
+            acc = (self.disc(ctx, real) > self.disc(ctx, fake)).float().mean().item()
+        self.last["d_acc"] = acc
+        self._guard(acc, step)
+        return self.last
+
+    def generator_loss(self, outs: list[DepthOutput], step: int, depth_decay: float) -> torch.Tensor:
+        """lambda_adv(step) x the game's head loss, summed over depths with the supervised weights."""
+        lam = self.lambda_at(step) if self.stopped_at is None else 0.0
+        total = outs[0].logits.new_zeros(())
+        if lam == 0:
+            self.last["g_adv"] = 0.0
+            return total
+        for k, out in enumerate(outs):
+            sub = self._subset(out)
+            _, fake = self.disc.samples(sub)
+            score = self.disc(sub.context.float().detach(), fake)
+            total = total + depth_decay ** k * self.game.generator_loss(
+                score, torch.ones_like(score))
+        if not torch.isfinite(total):
+            raise CollapseError(f"adversarial head loss is {total.item()} at step {step}; "
+                                "lower --adv-weight or --d-lr")
+        self.last["g_adv"] = total.item()
+        return lam * total
+
+    def _guard(self, acc: float, step: int) -> None:
+        c = self.config
+        if self.paused:
+            self.paused -= 1
+            return
+        self.pinned = self.pinned + 1 if acc >= c.collapse_acc else 0
+        if self.pinned < c.collapse_patience:
+            if self.pinned == 0 and self.backoffs:
+                self.backoffs = 0  # recovered
+            return
+        self.pinned = 0
+        from tqdm.auto import tqdm
+
+        if self.backoffs >= c.max_backoffs:
+            self.stopped_at = step
+            self.last = {}
+            tqdm.write(
+                f"step {step}: the discriminator still wins outright (accuracy >= "
+                f"{c.collapse_acc:.0%} for {c.collapse_patience} steps) after {self.backoffs} "
+                "back-offs: adversarial training stops here and the head goes on supervised only. "
+                "Next time try a lower --d-lr, spectral_norm=true, fewer --d-steps, a longer "
+                "--adv-warmup, or the hinge / wgan-gp game.")
+            return
+        self.backoffs += 1
+        self.paused = c.collapse_patience
+        for group in self.opt.param_groups:
+            group["lr"] *= 0.5
+        tqdm.write(f"step {step}: discriminator accuracy pinned at {acc:.0%}; backing off "
+                   f"(#{self.backoffs}: lr halved to {self.opt.param_groups[0]['lr']:.2e}, "
+                   f"paused for {c.collapse_patience} steps)")
+
+    # -- resumable state -----------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"disc.{k}": v.detach().cpu().contiguous() for k, v in self.disc.state_dict().items()}
+        for pid, st in self.opt.state_dict()["state"].items():
+            for name, value in st.items():
+                tensors[f"dopt.{pid}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        tensors["drng"] = self.gen.get_state()
+        return tensors
+
+    def state_meta(self) -> dict:
+        return {"param_groups": self.opt.state_dict()["param_groups"], "pinned": self.pinned,
+                "paused": self.paused, "backoffs": self.backoffs, "stopped_at": self.stopped_at}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        if "drng" not in tensors:
+            raise KoalaError("cannot resume: the saved training state has no discriminator")
+        self.disc.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
+        state: dict = {}
+        for k, v in tensors.items():
+            if k.startswith("dopt."):
+                _, pid, name = k.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
+        self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.gen.set_state(tensors["drng"])
+        self.pinned, self.paused, self.backoffs = meta["pinned"], meta["paused"], meta["backoffs"]
+        self.stopped_at = meta.get("stopped_at")

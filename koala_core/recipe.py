@@ -1,0 +1,198 @@
+"""Recipes: one plugin of each kind with its options, plus training settings, in a TOML file.
+
+``koala compose`` writes one; ``koala train --recipe``, ``koala generate --recipe`` and
+``koala bench --methods R.toml`` read it. Every name and option is checked against the installed
+plugins' config dataclasses when the recipe is built or read, so a third-party plugin's options work
+without any change here, and a typo fails before a model loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .adversary import AdversaryConfig
+from .config import build_config, coerce_options, describe_options
+from .errors import ConfigError
+from .files import write_bytes_atomic
+from .training import TrainConfig
+
+FORMAT = 1
+# recipe section -> registry kind
+SLOTS = {"head": "heads", "tree": "tree_policies", "verifier": "verifiers", "loss": "losses",
+         "discriminator": "discriminators", "adv_loss": "adversarial_losses"}
+TRAIN_KEYS = [f.name for f in dataclasses.fields(TrainConfig)
+              if f.name not in ("head", "head_options", "loss", "loss_options", "adversary")]
+ADV_KEYS = [f.name for f in dataclasses.fields(AdversaryConfig)
+            if f.name not in ("discriminator", "discriminator_options", "adv_loss", "adv_loss_options")]
+
+
+@dataclass(frozen=True)
+class Slot:
+    name: str = ""
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    head: Slot = Slot("eagle")
+    tree: Slot = Slot("")  # empty: the checkpoint's own tree, else chain
+    verifier: Slot = Slot("")  # empty: greedy at T=0, rejection at T>0
+    loss: Slot = Slot("")  # empty: the family default
+    discriminator: Slot = Slot("")  # empty: supervised only
+    adv_loss: Slot = Slot("bce")
+    temperature: float = 0.0
+    model: str = "default"
+    checkpoint: str = ""  # a trained head for generate / bench (relative to the recipe file)
+    train: dict = field(default_factory=dict)  # TrainConfig and AdversaryConfig scalars
+
+    # -- building ------------------------------------------------------------------------------
+    def validate(self, registry) -> "Recipe":
+        """Check names, options and how the pieces fit; returns the recipe with typed options."""
+        from .heads import NeuralHead
+
+        typed = {}
+        for slot, kind in SLOTS.items():
+            s: Slot = getattr(self, slot)
+            if not s.name:
+                if s.options:
+                    raise ConfigError(f"{slot} options given without a {slot}")
+                typed[slot] = s
+                continue
+            info = registry.get(kind, s.name)  # unknown name: error listing the installed ones
+            cfg = build_config(info.cls, s.options, where=f"{slot} {s.name!r}")
+            typed[slot] = Slot(s.name, {k: v for k, v in dataclasses.asdict(cfg).items()
+                                        if k in s.options})
+        if self.temperature < 0:
+            raise ConfigError("temperature must be >= 0")
+        if self.verifier.name == "greedy" and self.temperature > 0:
+            raise ConfigError("the greedy verifier needs temperature 0; use 'rejection' (lossless "
+                              "sampling) or 'typical' (lossy) at T > 0")
+        trainable = bool(self.head.name) and issubclass(registry.get("heads", self.head.name).cls,
+                                                        NeuralHead)
+        if not trainable and (self.discriminator.name or self.loss.name or self.train):
+            raise ConfigError(f"head {self.head.name or '(none)'!r} has nothing to train: drop the "
+                              "loss, discriminator and train settings (trainable heads: "
+                              + ", ".join(n for n in registry.names("heads")
+                                          if issubclass(registry.get("heads", n).cls, NeuralHead))
+                              + ")")
+        adv_given = sorted(k for k in self.train if k in ADV_KEYS)
+        if adv_given and not self.discriminator.name:
+            raise ConfigError(f"adversarial settings {adv_given} need a discriminator "
+                              f"(choose one of {', '.join(registry.names('discriminators'))})")
+        unknown = sorted(set(self.train) - set(TRAIN_KEYS) - set(ADV_KEYS))
+        if unknown:
+            raise ConfigError(f"train: unknown setting(s) {', '.join(unknown)}; valid: "
+                              + ", ".join(TRAIN_KEYS + ADV_KEYS))
+        config = self.train_config()  # types and range checks of the training settings
+        train = {k: getattr(config, k) if k in TRAIN_KEYS else getattr(config.adversary, k)
+                 for k in self.train}
+        return dataclasses.replace(self, **typed, train=train)
+
+    def train_config(self) -> TrainConfig:
+        tr = coerce_options(TrainConfig, {k: v for k, v in self.train.items() if k in TRAIN_KEYS}, "train")
+        adv = coerce_options(AdversaryConfig, {k: v for k, v in self.train.items() if k in ADV_KEYS},
+                             "train")
+        try:
+            adversary = AdversaryConfig(discriminator=self.discriminator.name,
+                                        discriminator_options=dict(self.discriminator.options),
+                                        adv_loss=self.adv_loss.name or "bce",
+                                        adv_loss_options=dict(self.adv_loss.options), **adv)
+            return TrainConfig(head=self.head.name, head_options=dict(self.head.options),
+                               loss=self.loss.name, loss_options=dict(self.loss.options),
+                               adversary=adversary, **tr)
+        except TypeError as exc:
+            raise ConfigError(f"train settings: {exc}") from None
+
+    # -- files ---------------------------------------------------------------------------------
+    def to_toml(self) -> str:
+        lines = ["# koala recipe (written by `koala compose`; edit freely, it is re-checked on use)",
+                 f"format = {FORMAT}", f"model = {_toml(self.model)}",
+                 f"temperature = {_toml(self.temperature)}"]
+        if self.checkpoint:
+            lines.append(f"checkpoint = {_toml(self.checkpoint)}")
+        for slot in SLOTS:
+            s: Slot = getattr(self, slot)
+            if not s.name:
+                continue
+            lines += ["", f"[{slot}]", f"name = {_toml(s.name)}"]
+            if s.options:
+                lines.append(f"[{slot}.options]")
+                lines += [f"{k} = {_toml(v)}" for k, v in sorted(s.options.items())]
+        if self.train:
+            lines += ["", "[train]"] + [f"{k} = {_toml(v)}" for k, v in sorted(self.train.items())]
+        return "\n".join(lines) + "\n"
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        write_bytes_atomic(path, self.to_toml().encode())
+        return path
+
+    @classmethod
+    def from_dict(cls, doc: dict, where: str = "recipe") -> "Recipe":
+        doc = dict(doc)
+        if doc.pop("format", FORMAT) != FORMAT:
+            raise ConfigError(f"{where}: unsupported recipe format (this koala reads format {FORMAT})")
+        kwargs: dict[str, Any] = {}
+        for key, value in doc.items():
+            if key in SLOTS:
+                if not isinstance(value, dict) or set(value) - {"name", "options"}:
+                    raise ConfigError(f"{where}: [{key}] takes 'name' and an [{key}.options] table")
+                kwargs[key] = Slot(str(value.get("name", "")), dict(value.get("options", {})))
+            elif key in ("temperature", "model", "checkpoint", "train"):
+                kwargs[key] = value
+            else:
+                raise ConfigError(f"{where}: unknown key {key!r}; valid: "
+                                  + ", ".join([*SLOTS, "temperature", "model", "checkpoint", "train"]))
+        return cls(**kwargs)
+
+
+def load_recipe(path: str | Path, registry=None) -> Recipe:
+    """Read and validate a recipe file; a relative checkpoint is resolved against its folder."""
+    from .registry import default_registry
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no recipe file at {path}")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    recipe = Recipe.from_dict(doc, where=str(path)).validate(registry or default_registry())
+    if recipe.checkpoint and not Path(recipe.checkpoint).is_absolute():
+        recipe = dataclasses.replace(recipe, checkpoint=str((path.parent / recipe.checkpoint).resolve()))
+    return recipe
+
+
+def describe(recipe: Recipe, registry) -> str:
+    """Every option of the recipe's plugins and of training, with defaults (``--help-options``)."""
+    lines = ["A plain --KEY VALUE goes to the first chosen plugin with that option, in the order below."]
+    for slot, kind in SLOTS.items():
+        s: Slot = getattr(recipe, slot)
+        if not s.name:
+            continue
+        lines.append(f"{slot} {s.name!r} (--{slot.replace('_', '-')}.KEY VALUE):")
+        opts = describe_options(registry.get(kind, s.name).cls)
+        lines += [f"  --{o['name'].replace('_', '-'):<22} {o['type']:<6} default {o['default']!r}  "
+                  f"{o['help']}" for o in opts] or ["  (no options)"]
+    if recipe.head.name:
+        lines.append("training (--train.KEY VALUE):")
+        defaults = {**dataclasses.asdict(TrainConfig()), **dataclasses.asdict(AdversaryConfig())}
+        keys = TRAIN_KEYS + (ADV_KEYS if recipe.discriminator.name else [])
+        lines += [f"  --{k.replace('_', '-'):<22} default {defaults[k]!r}" for k in keys]
+    return "\n".join(lines)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {value!r} to a recipe")

@@ -1,0 +1,195 @@
+"""KOALA's adversarial training: discriminators, games, the head/discriminator loop and its guards."""
+
+import json
+
+import pytest
+import torch
+
+from koala_core.adversary import Adversary, AdversaryConfig, CollapseError
+from koala_core.checkpoint import load_head
+from koala_core.interfaces import DepthOutput, Discriminator
+from koala_core.training import TrainConfig, train
+
+
+def toy_output(n: int, features: torch.Tensor, target_features: torch.Tensor, context: torch.Tensor,
+               logits: torch.Tensor | None = None, topk_ids=None, topk_logp=None) -> DepthOutput:
+    return DepthOutput(logits=logits if logits is not None else torch.zeros(n, 4),
+                       labels=torch.zeros(n, dtype=torch.long), weight=torch.ones(n),
+                       context=context, features=features, target_features=target_features,
+                       topk_ids=topk_ids, topk_logp=topk_logp)
+
+
+@pytest.mark.parametrize("game", ["bce", "hinge", "wgan-gp"])
+def test_discriminator_learns_to_separate_real_from_fake(registry, game):
+    torch.manual_seed(0)
+    n, d = 512, 8
+    ctx = torch.randn(n, d)
+    real = ctx @ torch.randn(d, d) * 0.5 + 1.0  # the "target's" feature depends on the context
+    fake = torch.randn(n, d)
+    adv = Adversary(AdversaryConfig(discriminator="feature-mlp", adv_loss=game, d_lr=2e-3,
+                                    discriminator_options={"hidden": 64}),
+                    registry, context_dim=d, topk=0, device="cpu")
+    out = toy_output(n, fake, real, ctx)
+    with torch.no_grad():
+        first = (adv.disc(ctx, real) > adv.disc(ctx, fake)).float().mean().item()
+    for step in range(200):
+        stats = adv.discriminator_steps([out], step)
+        assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+    assert first < 0.75 and stats["d_acc"] > 0.9, (first, stats)
+
+
+def test_adversarial_term_moves_the_head_toward_the_target_distribution(registry):
+    """Hard-label CE alone pushes a head toward one-hot; the logit discriminator sees the target's
+    soft distribution and pulls the head's back toward it (lower KL than supervised alone)."""
+    n, v, k = 256, 6, 5
+    torch.manual_seed(0)
+    ctx = torch.randn(n, 4)
+    target_logp = torch.log_softmax(torch.tensor([2.0, 1.2, 0.8, 0.3, 0.0, -3.0]), -1)
+    topk_logp, topk_ids = target_logp.topk(k)
+
+    def run(adversarial: bool) -> float:
+        torch.manual_seed(1)
+        logits = torch.zeros(v, requires_grad=True)  # the "head": one learnable distribution
+        opt = torch.optim.Adam([logits], lr=0.05)
+        adv = Adversary(AdversaryConfig(discriminator="logit-mlp", adv_loss="bce", adv_weight=1.0,
+                                        adv_warmup=0, d_lr=1e-3, discriminator_options={"hidden": 32}),
+                        registry, context_dim=4, topk=k, device="cpu", seed=1)
+        for step in range(300):
+            out = toy_output(n, None, None, ctx, logits=logits.expand(n, v),
+                             topk_ids=topk_ids.expand(n, k), topk_logp=topk_logp.expand(n, k))
+            loss = torch.nn.functional.cross_entropy(out.logits, out.labels)
+            if adversarial:
+                adv.discriminator_steps([out], step)
+                loss = loss + adv.generator_loss([out], step, 1.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        logq = torch.log_softmax(logits.detach(), -1)
+        return float((target_logp.exp() * (target_logp - logq)).sum())
+
+    supervised, koala = run(False), run(True)
+    assert koala < 0.7 * supervised, (koala, supervised)
+
+
+class Cheater(Discriminator):
+    """Forced collapse: it is handed the answer, so it is always right."""
+
+    def __init__(self, config=None, context_dim=0, topk=0):
+        super().__init__(config, context_dim, topk)
+        self.bias = torch.nn.Parameter(torch.zeros(()))
+        self.nan = False
+
+    def samples(self, out):
+        n = out.weight.shape[0]
+        return torch.ones(n, 1), out.features[:, :1] * 0
+
+    def forward(self, context, sample):
+        score = (sample[:, 0] * 2 - 1) * 10 + self.bias * 0
+        return score * float("nan") if self.nan else score
+
+
+def cheating_registry(registry):
+    from koala_core.hookspecs import hookimpl
+
+    class Plugin:
+        @hookimpl
+        def register_discriminators(self, register):
+            register("cheater", Cheater)
+
+    registry.add(Plugin(), name="cheater-test")
+    return registry
+
+
+def test_collapse_guard_backs_off_then_gives_up_the_game(registry, capsys):
+    reg = cheating_registry(registry)
+    adv = Adversary(AdversaryConfig(discriminator="cheater", collapse_patience=3, max_backoffs=1,
+                                    adv_warmup=0),
+                    reg, context_dim=4, topk=0, device="cpu")
+    out = toy_output(8, torch.randn(8, 4, requires_grad=True), torch.randn(8, 4), torch.randn(8, 4))
+    lr0 = adv.opt.param_groups[0]["lr"]
+    for step in range(20):
+        adv.discriminator_steps([out], step)
+        if step == 3:  # the first back-off: learning rate halved, updates paused
+            assert adv.backoffs == 1 and adv.paused > 0
+            assert adv.opt.param_groups[0]["lr"] == lr0 / 2
+    assert adv.stopped_at is not None and adv.stopped_at < 20
+    printed = capsys.readouterr()
+    assert "backing off" in printed.out + printed.err
+    assert "adversarial training stops here" in printed.out + printed.err
+    assert float(adv.generator_loss([out], 20, 1.0)) == 0.0  # the game is over: supervised only
+
+
+def test_nan_discriminator_stops_with_a_clear_message(registry):
+    adv = Adversary(AdversaryConfig(discriminator="cheater"), cheating_registry(registry),
+                    context_dim=4, topk=0, device="cpu")
+    adv.disc.nan = True
+    out = toy_output(8, torch.randn(8, 4), torch.randn(8, 4), torch.randn(8, 4))
+    with pytest.raises(CollapseError, match="discriminator loss is nan"):
+        adv.discriminator_steps([out], 0)
+
+
+def adv_config(steps, **kw):
+    return TrainConfig(head="eagle", head_options={"draft_vocab": 64, "layers": 2}, steps=steps,
+                       batch_size=2, window=32, warmup=2, eval_every=100, save_every=3, seed=3,
+                       adversary=AdversaryConfig(discriminator=kw.pop("disc", "feature-mlp"),
+                                                 adv_loss=kw.pop("game", "hinge"), adv_warmup=2,
+                                                 d_positions=32, **kw))
+
+
+@pytest.mark.parametrize("disc,game", [("feature-mlp", "hinge"), ("logit-mlp", "wgan-gp"),
+                                       ("feature-mlp", "bce")])
+def test_adversarial_training_is_finite_and_resumes_exactly(prepared, registry, tmp_path, disc, game):
+    target, data = prepared
+    metrics = train(target, data, tmp_path / "full", adv_config(6, disc=disc, game=game),
+                    registry=registry, progress=False)
+    assert all(0 <= a <= 1 for a in metrics["val_top1"])
+    train(target, data, tmp_path / "part", adv_config(3, disc=disc, game=game), registry=registry,
+          progress=False)
+    train(target, data, tmp_path / "part", adv_config(6, disc=disc, game=game), resume=True,
+          registry=registry, progress=False)
+    a = load_head(tmp_path / "full", target, registry).state_dict()
+    b = load_head(tmp_path / "part", target, registry).state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    # the discriminator is in the training state, not in the inference checkpoint
+    from safetensors.torch import load_file
+
+    assert any(k.startswith("disc.") for k in load_file(tmp_path / "part.train-state" / "state.safetensors"))
+    assert not any("disc" in k for k in load_file(tmp_path / "part" / "model.safetensors"))
+    recipe = json.loads((tmp_path / "part" / "koala.json").read_text())["recipe"]
+    assert recipe["train"]["adversary"]["discriminator"] == disc
+
+
+def test_resume_refuses_a_different_adversary(prepared, registry, tmp_path):
+    target, data = prepared
+    train(target, data, tmp_path / "ck", adv_config(3), registry=registry, progress=False)
+    with pytest.raises(Exception, match="settings differ"):
+        train(target, data, tmp_path / "ck", adv_config(6, d_lr=1e-3), resume=True,
+              registry=registry, progress=False)
+
+
+def test_ablation_trains_every_configuration_and_reports(prepared, registry, tmp_path):
+    from koala_core.ablation import AblationConfig, run_ablation
+    from koala_core.engine import GenerationConfig
+
+    target, data = prepared
+    config = AblationConfig(families=("medusa", "eagle"), layers=(1, 2),
+                            train=TrainConfig(steps=2, batch_size=2, window=16, eval_every=2,
+                                              save_every=1),
+                            adversary=AdversaryConfig(discriminator="logit-mlp", adv_warmup=1,
+                                                      d_positions=16),
+                            head_options={"draft_vocab": 64})
+    prompts = [{"prompt": "hello there"}, {"prompt": "tell me a story"}]
+    doc = run_ablation(target, data, tmp_path / "abl", config, prompts,
+                       GenerationConfig(max_new_tokens=6), registry=registry, progress=False)
+    names = [r["name"] for r in doc["rows"]]
+    assert names == ["medusa-k1-sup", "medusa-k1-koala", "medusa-k2-sup", "medusa-k2-koala",
+                     "eagle-k1-sup", "eagle-k1-koala", "eagle-k2-sup", "eagle-k2-koala"]
+    assert all(r["identical"] == 1.0 and r["tau"] >= 1.0 for r in doc["rows"])
+    for f in ("ablation.json", "ablation.md", "ablation.png", "bench/results.json"):
+        assert (tmp_path / "abl" / f).is_file(), f
+    # rerunning trains nothing again
+    mtime = (tmp_path / "abl/checkpoints/eagle-k2-koala/model.safetensors").stat().st_mtime
+    run_ablation(target, data, tmp_path / "abl", config, prompts, GenerationConfig(max_new_tokens=6),
+                 registry=registry, progress=False)
+    assert (tmp_path / "abl/checkpoints/eagle-k2-koala/model.safetensors").stat().st_mtime == mtime

@@ -1,0 +1,48 @@
+"""The oneDNN fp32 Linear swap: same results (to float rounding), same weights, greedy unchanged."""
+
+import pytest
+import torch
+
+from conftest import tiny_model, tiny_tokenizer
+from koala_core.errors import ModelError
+from koala_core.kernels import OneDNNLinear, onednn_available, use_onednn_linears
+from koala_core.model import load_target
+
+pytestmark = pytest.mark.skipif(not onednn_available(), reason="torch built without oneDNN")
+
+
+def test_onednn_linear_matches_torch_and_shares_the_weight():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 80)
+    fast = OneDNNLinear(lin)
+    assert fast.weight is lin.weight and fast.bias is lin.bias
+    for shape in [(1, 48), (5, 48), (2, 3, 48)]:
+        x = torch.randn(shape)
+        torch.testing.assert_close(fast(x), lin(x), atol=1e-5, rtol=1e-5)
+    nobias = torch.nn.Linear(48, 16, bias=False)
+    torch.testing.assert_close(OneDNNLinear(nobias)(torch.randn(3, 48)).shape, torch.Size([3, 16]))
+
+
+def test_swapped_model_decodes_like_the_original(tmp_path):
+    model = tiny_model()
+    ids = torch.randint(0, 96, (1, 12))
+    with torch.no_grad():
+        ref = model(ids).logits
+        n = use_onednn_linears(model)
+        out = model(ids).logits
+    assert n == 2 * 7 + 1  # 7 Linear per decoder layer, 2 layers, and the LM head
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    assert torch.equal(out.argmax(-1), ref.argmax(-1))
+
+
+def test_load_target_kernels_option(tmp_path):
+    folder = tmp_path / "tiny"
+    tiny_model().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    assert load_target(folder).kernels == "onednn"
+    assert load_target(folder, kernels="torch").kernels == "torch"
+    assert load_target(folder, dtype="bfloat16").kernels == "torch"  # auto: fp32 only
+    with pytest.raises(ModelError, match="float32"):
+        load_target(folder, dtype="bfloat16", kernels="onednn")
+    with pytest.raises(ModelError, match="unknown kernels"):
+        load_target(folder, kernels="fast")
