@@ -414,7 +414,8 @@ def _apply_extra_options(recipe, args: list[str], reg):
 @click.option("--window", default=256, show_default=True)
 @click.option("--discriminator", default="logit-mlp", show_default=True)
 @click.option("--adv-loss", default="bce", show_default=True)
-@click.option("--adv-weight", default=0.1, show_default=True)
+@click.option("--adv-weight", default=1.0, show_default=True,
+              help="lambda_adv (1.0: chosen on the ShareGPT validation split, see README).")
 @click.option("--adv-warmup", default=50, show_default=True)
 @click.option("--prompts", "prompt_spec", default="mtbench", show_default=True)
 @click.option("--offset", default=40, show_default=True, help="Skip this many prompts (held out: 40+).")

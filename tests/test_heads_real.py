@@ -42,3 +42,22 @@ def test_default_checkpoint_exists_and_loads(real_target, registry):
     assert folder is not None
     head = load_head(folder, real_target, registry)
     assert head.checkpoint_meta["metrics"]["val_top1"]
+
+
+ABLATION = sorted((p.name for p in (shipped_checkpoints()["eagle-k1"].parent / "ablation").iterdir()
+                   if (p / "koala.json").is_file()), key=str)
+
+
+@pytest.mark.parametrize("name", ABLATION)
+def test_shipped_ablation_heads_are_lossless(real_target, references, registry, name):
+    """The K-layer / adversarial heads of the ablation: lossless, and the recipe says what they are."""
+    from koala_core.compose import build_method
+
+    folder = shipped_checkpoints()["eagle-k1"].parent / "ablation" / name
+    method = build_method(str(folder), real_target, registry)
+    meta = method.engine.head.checkpoint_meta
+    family, k, kind = name.split("-")
+    assert meta["plugin"]["name"] == family and meta["head_config"]["layers"] == int(k[1:])
+    assert bool(meta["recipe"]["train"].get("adversary")) == (kind == "koala")
+    for ids, ref in references[:2]:
+        assert method.engine.generate(ids, GenerationConfig(48)).token_ids == ref
