@@ -2,8 +2,8 @@
 head (2 layers + a discriminator) for a few minutes, generate with it, and benchmark it against
 plain greedy decoding on the same prompts.
 
-    python examples/api_tour.py                         # real model, about 6 minutes on 2 cores
-    python examples/api_tour.py --steps 30 --tokens 6000  # a one-minute look
+    python examples/api_tour.py                         # real model, a few minutes on 2 cores
+    python examples/api_tour.py --steps 30 --tokens 6000  # about 2 minutes: a first look
 
 Everything it writes goes under --work (default: a fresh temporary folder).
 """
