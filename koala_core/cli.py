@@ -219,15 +219,6 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
     from .model import load_target
     from .training import TrainConfig, train as run_train
 
-    adversary = AdversaryConfig(
-        discriminator=discriminator, adv_loss=adv_loss,
-        discriminator_options=_parse_options(disc_options, "--discriminator-option"),
-        adv_loss_options=_parse_options(adv_options, "--adv-loss-option"), adv_weight=adv_weight,
-        adv_warmup=adv_warmup, d_lr=d_lr, d_steps=d_steps)
-    config = TrainConfig(head=head, head_options=_parse_options(head_options, "--head-option"),
-                         loss=loss, loss_options=_parse_options(loss_options, "--loss-option"),
-                         steps=steps, batch_size=batch_size, window=window, lr=lr, warmup=warmup,
-                         seed=seed, eval_every=eval_every, save_every=eval_every, adversary=adversary)
     recipe_tree = None
     if recipe:
         import dataclasses
@@ -251,6 +242,16 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
         config = dataclasses.replace(loaded.train_config(), **overrides)
         if tree is None and loaded.tree.name:
             recipe_tree = (loaded.tree.name, dict(loaded.tree.options))
+    else:
+        adversary = AdversaryConfig(
+            discriminator=discriminator, adv_loss=adv_loss,
+            discriminator_options=_parse_options(disc_options, "--discriminator-option"),
+            adv_loss_options=_parse_options(adv_options, "--adv-loss-option"), adv_weight=adv_weight,
+            adv_warmup=adv_warmup, d_lr=d_lr, d_steps=d_steps)
+        config = TrainConfig(head=head, head_options=_parse_options(head_options, "--head-option"),
+                             loss=loss, loss_options=_parse_options(loss_options, "--loss-option"),
+                             steps=steps, batch_size=batch_size, window=window, lr=lr, warmup=warmup,
+                             seed=seed, eval_every=eval_every, save_every=eval_every, adversary=adversary)
     from .registry import default_registry
 
     tree_spec = recipe_tree

@@ -40,17 +40,26 @@ def build_engine(model: str = "default", head: str | None = "default", checkpoin
     if checkpoint is not None:
         from .checkpoint import read_meta
 
-        meta = read_meta(checkpoint)
+        read_meta(checkpoint)  # a missing or corrupt checkpoint fails before the model loads
         if head_options:
             raise ConfigError("head options come from the checkpoint; drop --head-option")
-        if tree is None:
-            tree = meta.get("inference", {}).get("tree", "chain")
-            tree_options = {**meta.get("inference", {}).get("tree_options", {}), **(tree_options or {})}
-    tree_policy = reg.create("tree_policies", tree or "chain", tree_options)
+    tree_policy = reg.create("tree_policies", *tree_for(checkpoint, tree, tree_options))
     ver = reg.create("verifiers", verifier, verifier_options)
     target = load_target(model, device=device, dtype=dtype, kernels=kernels)
     return SpeculativeEngine(target, make_drafter(target, head, head_options, checkpoint, reg),
                              tree_policy, ver)
+
+
+def tree_for(checkpoint: str | None, tree: str | None, tree_options: dict | None) -> tuple[str, dict]:
+    """The tree policy to draft with: the one given, else the checkpoint's own, else chain.
+
+    Options given on top of a checkpoint's tree refine it."""
+    if tree is None and checkpoint is not None:
+        from .checkpoint import read_meta
+
+        inference = read_meta(checkpoint).get("inference", {})
+        return inference.get("tree", "chain"), {**inference.get("tree_options", {}), **(tree_options or {})}
+    return tree or "chain", dict(tree_options or {})
 
 
 def recipe_engine_args(recipe, checkpoint: str | None = None) -> dict:
@@ -88,7 +97,6 @@ def build_method(spec: str, target, registry: Registry | None = None):
     from pathlib import Path
 
     from .bench import Method
-    from .checkpoint import read_meta
     from .engine import SpeculativeEngine
     from .shipped import default_checkpoint, shipped_checkpoints
 
@@ -99,12 +107,8 @@ def build_method(spec: str, target, registry: Registry | None = None):
         args = recipe_engine_args(load_recipe(spec, reg))
         if args["model"] != "default" and args["model"] != target.name:
             raise ConfigError(f"recipe {spec} is for model {args['model']!r}; bench runs {target.name!r}")
-        policy = None
-        if args["tree"] is None and args["checkpoint"]:
-            inference = read_meta(args["checkpoint"]).get("inference", {})
-            args["tree"], args["tree_options"] = (inference.get("tree", "chain"),
-                                                  {**inference.get("tree_options", {}), **args["tree_options"]})
-        policy = reg.create("tree_policies", args["tree"] or "chain", args["tree_options"])
+        policy = reg.create("tree_policies", *tree_for(args["checkpoint"], args["tree"],
+                                                         args["tree_options"]))
         verifier = reg.create("verifiers", args["verifier"] or "greedy", args["verifier_options"])
         drafter = make_drafter(target, args["head"], args["head_options"], args["checkpoint"], reg)
         return Method(Path(spec).stem, SpeculativeEngine(target, drafter, policy, verifier),
@@ -122,9 +126,6 @@ def build_method(spec: str, target, registry: Registry | None = None):
     if not (Path(folder) / "koala.json").is_file():
         known = ", ".join(["vanilla", "lookup", "hf-lookup", "default", *shipped_checkpoints()])
         raise ConfigError(f"unknown bench method {spec!r}: use one of {known}, or a checkpoint folder")
-    meta = read_meta(folder)
-    inference = meta.get("inference", {})
-    policy = reg.create("tree_policies", inference.get("tree", "chain"),
-                        inference.get("tree_options", {}))
+    policy = reg.create("tree_policies", *tree_for(str(folder), None, None))
     return Method(spec, SpeculativeEngine(target, make_drafter(target, None, None, str(folder), reg),
                                           policy))
