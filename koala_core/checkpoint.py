@@ -107,5 +107,7 @@ def load_head(folder: str | Path, target, registry=None):
     except RuntimeError as exc:
         raise CheckpointError(f"{folder / WEIGHTS} does not fit head {name!r}: {exc}") from None
     head.to(target.device).eval()
+    if hasattr(head, "use_kernels"):
+        head.use_kernels(getattr(target, "kernels", "torch"))
     head.checkpoint_meta = meta
     return head

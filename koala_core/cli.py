@@ -195,6 +195,9 @@ def prepare(model, out, max_tokens, max_length, topk, data, device) -> None:
 @click.option("--warmup", default=50, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--eval-every", default=250, show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16: forward and losses under bf16 autocast, weights and Adam in fp32 (about "
+              "1.7x faster on a CPU with AVX512-BF16).")
 @click.option("--discriminator", default="",
               help="Discriminator plugin (feature-mlp, logit-mlp): adds KOALA's adversarial term.")
 @click.option("--discriminator-option", "disc_options", multiple=True, metavar="KEY=VALUE")
@@ -206,13 +209,13 @@ def prepare(model, out, max_tokens, max_length, topk, data, device) -> None:
 @click.option("--d-steps", default=1, show_default=True, help="Discriminator updates per head update.")
 @click.option("--recipe", default=None, help="A recipe from `koala compose`: head, loss, "
               "discriminator, game and training settings (flags above then only override "
-              "steps, batch size, window, lr, warmup, seed, eval-every).")
+              "steps, batch size, window, lr, warmup, seed, eval-every, precision).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its saved state.")
 @click.option("--tree", default=None, help="Tree policy recorded as the checkpoint's default.")
 @click.option("--tree-option", "tree_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--device", default="cpu", show_default=True)
 def train(model, data, out, head, head_options, loss, loss_options, steps, batch_size, window, lr,
-          warmup, seed, eval_every, discriminator, disc_options, adv_loss, adv_options, adv_weight,
+          warmup, seed, eval_every, precision, discriminator, disc_options, adv_loss, adv_options, adv_weight,
           adv_warmup, d_lr, d_steps, recipe, resume, tree, tree_options, device) -> None:
     """Train a draft head from prepared data (supervised, plus adversarial with --discriminator)."""
     from .adversary import AdversaryConfig
@@ -235,7 +238,7 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
         model = loaded.model
         overrides = {k: v for k, v in {"steps": steps, "batch_size": batch_size, "window": window,
                                        "lr": lr, "warmup": warmup, "seed": seed,
-                                       "eval_every": eval_every}.items()
+                                       "eval_every": eval_every, "precision": precision}.items()
                      if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
         if "eval_every" in overrides:
             overrides["save_every"] = overrides["eval_every"]
@@ -251,7 +254,8 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
         config = TrainConfig(head=head, head_options=_parse_options(head_options, "--head-option"),
                              loss=loss, loss_options=_parse_options(loss_options, "--loss-option"),
                              steps=steps, batch_size=batch_size, window=window, lr=lr, warmup=warmup,
-                             seed=seed, eval_every=eval_every, save_every=eval_every, adversary=adversary)
+                             seed=seed, eval_every=eval_every, save_every=eval_every,
+                             precision=precision, adversary=adversary)
     from .registry import default_registry
 
     tree_spec = recipe_tree

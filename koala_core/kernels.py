@@ -31,21 +31,30 @@ class OneDNNLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
-        with torch.no_grad():
-            packed_w = linear.weight.detach().to_mkldnn()
-            bias = linear.bias if linear.bias is not None else torch.zeros(self.out_features)
-            packed_b = bias.detach().float().to_mkldnn()
-        # mkldnn tensors cannot be registered as ordinary buffers of a state dict: keep them private.
-        self._packed = (packed_w, packed_b)
+        self._packed = pack(linear.weight, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1]).contiguous().to_mkldnn()
-        y = torch._C._nn.mkldnn_linear(flat, *self._packed).to_dense()
-        return y.reshape(*shape[:-1], self.out_features)
+        return packed_linear(x, self._packed)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, onednn"
+
+
+def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple:
+    """A (weight, bias) pair in oneDNN's own layout for :func:`packed_linear`. mkldnn tensors
+    cannot be buffers of a state dict: callers keep the pair as a private attribute."""
+    with torch.no_grad():
+        if bias is None:
+            bias = torch.zeros(weight.shape[0])
+        return weight.detach().to_mkldnn(), bias.detach().float().to_mkldnn()
+
+
+def packed_linear(x: torch.Tensor, packed: tuple) -> torch.Tensor:
+    """``x @ weight.T + bias`` (x: (..., in)) with a :func:`pack`-ed weight."""
+    shape = x.shape
+    flat = x.reshape(-1, shape[-1]).contiguous().to_mkldnn()
+    y = torch._C._nn.mkldnn_linear(flat, *packed).to_dense()
+    return y.reshape(*shape[:-1], y.shape[-1])
 
 
 def use_onednn_linears(model: nn.Module) -> int:

@@ -80,9 +80,8 @@ class Attention(nn.Module):
         q, k = rope(q, positions, s.rope_theta), rope(k, positions, s.rope_theta)
         if cache is not None:
             k, v = cache.append(layer, k, v)
-        rep = s.heads // s.kv_heads
-        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                             enable_gqa=s.heads != s.kv_heads)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 

@@ -24,6 +24,7 @@ from .data import load_split
 from .errors import ConfigError, KoalaError
 from .heads import NeuralHead, TrainBatch
 
+PRECISIONS = ("fp32", "bf16")
 DEFAULT_LOSS = {"medusa": "ce", "hydra": "ce", "eagle": "feature"}
 
 
@@ -46,6 +47,7 @@ class TrainConfig:
     eval_every: int = 250
     save_every: int = 250
     seed: int = 0
+    precision: str = "fp32"  # bf16: forward and losses under bf16 autocast (weights and Adam stay fp32)
     adversary: AdversaryConfig = field(default_factory=AdversaryConfig)  # off unless a discriminator
 
     def __post_init__(self):
@@ -56,6 +58,14 @@ class TrainConfig:
                 raise ConfigError(f"train: {name} must be >= 1")
         if self.lr <= 0 or self.grad_clip <= 0 or not 0 < self.depth_decay <= 1:
             raise ConfigError("train: need lr > 0, grad_clip > 0, 0 < depth_decay <= 1")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train: precision must be one of {', '.join(PRECISIONS)}, "
+                              f"got {self.precision!r}")
+
+    def autocast(self, device) -> torch.autocast:
+        """The autocast context the forward and the losses run in (a no-op for fp32)."""
+        device_type = torch.device(device).type
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
 
 class WindowSampler:
@@ -77,12 +87,14 @@ class WindowSampler:
         for conv, off in picks:
             a = self.starts[conv] + off
             n = min(L, self.lengths[conv] - off)
-            for k in cols:
+            for k, col in cols.items():
                 t = self.split[k][a:a + n]
+                if t.is_floating_point():  # stored fp16; fp32 here (also outside any autocast)
+                    t = t.float()
                 pad = torch.zeros((L - n,) + t.shape[1:], dtype=t.dtype)
-                cols[k].append(torch.cat([t, pad]))
+                col.append(torch.cat([t, pad]))
         s = {k: torch.stack(v).to(self.device) for k, v in cols.items()}
-        return TrainBatch(s["input_ids"].long(), s["hidden"].float(), s["labels"].long(),
+        return TrainBatch(s["input_ids"].long(), s["hidden"], s["labels"].long(),
                           s["loss_mask"].float(), s.get("topk_ids"), s.get("topk_logp"))
 
     def random(self, batch_size: int, gen: torch.Generator) -> TrainBatch:
@@ -180,14 +192,15 @@ def train(target, data: str | Path, out: str | Path, config: TrainConfig = Train
     accs: list[float] = []
     while step < config.steps:
         batch = sampler.random(config.batch_size, gen)
-        outs = [head.to_draft_space(o) for o in head.train_outputs(batch)]
-        losses = [loss_fn(o) for o in outs]
-        total = sum(config.depth_decay ** k * l for k, l in enumerate(losses))
-        post = {"loss": f"{total.item():.3f}"}
-        if adversary is not None:
-            adversary.discriminator_steps(outs, step)
-            total = total + adversary.generator_loss(outs, step, config.depth_decay)
-            post.update({k: f"{v:.3f}" for k, v in adversary.last.items()})
+        with config.autocast(target.device):
+            outs = [head.to_draft_space(o) for o in head.train_outputs(batch)]
+            losses = [loss_fn(o) for o in outs]
+            total = sum(config.depth_decay ** k * l for k, l in enumerate(losses))
+            post = {"loss": f"{total.item():.3f}"}
+            if adversary is not None:
+                adversary.discriminator_steps(outs, step)
+                total = total + adversary.generator_loss(outs, step, config.depth_decay)
+                post.update({k: f"{v:.3f}" for k, v in adversary.last.items()})
         if not torch.isfinite(total):
             raise KoalaError(f"training diverged at step {step} (loss {total.item()}); lower --lr")
         opt.zero_grad(set_to_none=True)
@@ -199,7 +212,8 @@ def train(target, data: str | Path, out: str | Path, config: TrainConfig = Train
         step += 1
         bar.update()
         if step % config.eval_every == 0 or step == config.steps:
-            accs = evaluate(head, val_sampler)
+            with config.autocast(target.device):
+                accs = evaluate(head, val_sampler)
             history.append({"step": step, "loss": total.item(), "val_top1": accs,
                             **(adversary.last if adversary is not None else {})})
             post["acc"] = "/".join(f"{a:.2f}" for a in accs[:4])
@@ -251,6 +265,7 @@ def load_train_state(folder: Path, head, opt, gen, config: TrainConfig,
     meta = json.loads((folder / "state.json").read_text())
     saved = {k: v for k, v in meta["config"].items() if k != "steps"}
     saved.setdefault("adversary", dataclasses.asdict(AdversaryConfig()))  # states from before it
+    saved.setdefault("precision", "fp32")  # states from before the option
     now = {k: v for k, v in dataclasses.asdict(config).items() if k != "steps"}
     if saved != now:
         changed = sorted(k for k in now if saved.get(k) != now[k])

@@ -46,3 +46,42 @@ def test_load_target_kernels_option(tmp_path):
         load_target(folder, dtype="bfloat16", kernels="onednn")
     with pytest.raises(ModelError, match="unknown kernels"):
         load_target(folder, kernels="fast")
+
+
+@pytest.mark.parametrize("family", ["medusa", "hydra", "eagle"])
+def test_heads_draft_alike_with_onednn_kernels(registry, family):
+    """A head given the target's oneDNN kernels (what load_head does) proposes what it proposed
+    before, its state dict untouched; the packed copies never enter a checkpoint."""
+    from conftest import tiny_target
+    from koala_core.engine import GenerationConfig, SpeculativeEngine
+
+    target = tiny_target()
+    head = registry.create("heads", family, {"layers": 2, "draft_vocab": 64}, target=target)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    head.eval()
+    prompt, cfg = [0, 5, 6, 7, 8, 5, 6, 7], GenerationConfig(24, stop_at_eos=False)
+    proposals = []
+
+    def record(h):
+        expand = h.expand
+
+        def spy(tree, nodes, k):
+            cand = expand(tree, nodes, k)
+            proposals.append(cand.tokens.tolist())
+            return cand
+        return spy
+
+    state = {k: v.clone() for k, v in head.state_dict().items()}
+    head.expand = record(head)
+    ref = SpeculativeEngine(target, head).generate(prompt, cfg).token_ids
+    before, proposals[:] = list(proposals), []
+    del head.expand
+    assert head.use_kernels("onednn") is head
+    assert any(type(m).__name__ == "OneDNNLinear" for m in head.modules())
+    head.expand = record(head)
+    got = SpeculativeEngine(target, head).generate(prompt, cfg).token_ids
+    assert got == ref and proposals == before
+    assert state.keys() == head.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in head.state_dict().items())

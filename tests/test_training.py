@@ -79,12 +79,13 @@ def test_training_reduces_loss_and_checkpoint_round_trips(prepared, registry, tm
         assert torch.equal(a, b), k
 
 
-def test_training_lowers_the_loss(prepared, registry, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_lowers_the_loss(prepared, registry, tmp_path, precision):
     from koala_core.training import WindowSampler
 
     target, data = prepared
     config = TrainConfig(head="eagle", head_options={"draft_vocab": 64}, steps=40, batch_size=4,
-                         window=32, lr=3e-3, warmup=2, eval_every=40)
+                         window=32, lr=3e-3, warmup=2, eval_every=40, precision=precision)
     split = load_split(data, "train")
     loss_fn = registry.create("losses", "feature")
 
@@ -98,6 +99,14 @@ def test_training_lowers_the_loss(prepared, registry, tmp_path):
     fresh = registry.create("heads", "eagle", {"draft_vocab": 64}, target=target)
     fresh.set_draft_vocab(trained.vocab_ids)
     assert loss_of(trained) < 0.9 * loss_of(fresh)
+    assert trained.checkpoint_meta["recipe"]["train"]["precision"] == precision
+
+
+def test_unknown_precision_is_refused():
+    from koala_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="precision"):
+        TrainConfig(precision="fp8")
 
 
 def test_resume_continues_from_the_saved_step(prepared, registry, tmp_path):

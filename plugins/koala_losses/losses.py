@@ -45,30 +45,40 @@ class KDLoss(Loss):
                 raise ConfigError("kd: temperature must be > 0")
 
     def forward(self, out: DepthOutput) -> torch.Tensor:
-        if out.topk_ids is None:
-            raise ConfigError("the kd loss needs top-k target log-probs: prepare with --topk 8")
-        t = self.config.temperature
-        valid = out.topk_ids >= 0  # (N, k)
-        p = torch.softmax(out.topk_logp.float() / t, -1) * valid
-        p = p / p.sum(-1, keepdim=True).clamp_min(1e-8)
-        logq = torch.log_softmax(out.logits.float() / t, -1).gather(-1, out.topk_ids.clamp_min(0))
-        kl = (p * (torch.log(p.clamp_min(1e-8)) - logq)).sum(-1)
-        loss = weighted_mean(kl, out.weight * valid.any(-1))
+        loss = topk_kl(out, self.config.temperature)
         if self.config.ce_weight:
             loss = loss + self.config.ce_weight * token_ce(out)
         return loss
 
 
+def topk_kl(out: DepthOutput, temperature: float = 1.0) -> torch.Tensor:
+    """KL(target || draft) on the target's cached top-k tokens: the target's top-k probabilities
+    renormalised (cells outside the draft vocabulary dropped) against the draft's log-probs over
+    its whole vocabulary (so it is the soft cross-entropy, shifted by the target's entropy)."""
+    if out.topk_ids is None:
+        raise ConfigError("soft labels need the target's top-k log-probs: prepare with --topk 8")
+    valid = out.topk_ids >= 0  # (N, k)
+    p = torch.softmax(out.topk_logp.float() / temperature, -1) * valid
+    p = p / p.sum(-1, keepdim=True).clamp_min(1e-8)
+    logq = torch.log_softmax(out.logits.float() / temperature, -1).gather(-1, out.topk_ids.clamp_min(0))
+    kl = (p * (torch.log(p.clamp_min(1e-8)) - logq)).sum(-1)
+    return weighted_mean(kl, out.weight * valid.any(-1))
+
+
 class FeatureLoss(Loss):
-    """SmoothL1 between predicted and target features plus ``ce_weight`` x CE (EAGLE's recipe)."""
+    """SmoothL1 between predicted and target features plus ``ce_weight`` x a token term (EAGLE's
+    recipe): CE to the target's argmax, or with ``soft`` its cached top-k distribution."""
 
     @dataclass(frozen=True)
     class Config:
-        ce_weight: float = field(default=0.1, metadata={"help": "weight of the token CE term"})
+        ce_weight: float = field(default=0.1, metadata={"help": "weight of the token term"})
+        soft: bool = field(default=False, metadata={
+            "help": "token term = KL to the target's top-k distribution instead of CE to its argmax"})
 
     def forward(self, out: DepthOutput) -> torch.Tensor:
         if out.features is None or out.target_features is None:
             raise ConfigError("the feature loss needs a head that exposes its features")
         reg = F.smooth_l1_loss(out.features.float(), out.target_features.float(),
                                reduction="none").mean(-1)
-        return weighted_mean(reg, out.weight) + self.config.ce_weight * token_ce(out)
+        tokens = topk_kl(out) if self.config.soft else token_ce(out)
+        return weighted_mean(reg, out.weight) + self.config.ce_weight * tokens
