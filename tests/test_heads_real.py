@@ -35,6 +35,17 @@ def test_shipped_family_is_lossless(real_target, references, registry, family):
     assert tokens / forwards > 1.2, "a trained head must get drafts accepted"
 
 
+@pytest.mark.parametrize("recipe", ["eagle-k1-deep.toml", "medusa-k1-wide.toml"])
+def test_shipped_tau_recipes_are_lossless(real_target, references, registry, recipe):
+    """The shipped heads with the bigger trees of the tau-oriented recipes."""
+    from koala_core.compose import build_method
+
+    folder = shipped_checkpoints()["eagle-k1"].parent.parent / "recipes"
+    method = build_method(str(folder / recipe), real_target, registry)
+    for ids, ref in references:
+        assert method.engine.generate(ids, GenerationConfig(48)).token_ids == ref
+
+
 def test_default_checkpoint_exists_and_loads(real_target, registry):
     from koala_core.checkpoint import load_head
 
