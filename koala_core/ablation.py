@@ -18,45 +18,47 @@ from .bench import format_speedup
 from .errors import ConfigError
 from .training import TrainConfig
 
-# Head options and inference trees of the shipped single-layer heads (checkpoints/*/koala.json).
-FAMILIES: dict[str, dict] = {
-    "medusa": {"head_options": {"heads": 3}, "tree": ("static", {"preset": "tiny"})},
-    "hydra": {"head_options": {"heads": 3}, "tree": ("static", {"preset": "small"})},
-    "eagle": {"head_options": {}, "tree": ("static", {"preset": "tiny"})},
-}
-
-
 @dataclass(frozen=True)
 class AblationConfig:
-    families: tuple[str, ...] = ("medusa", "hydra", "eagle")
+    families: tuple[str, ...] = ()  # empty: every trainable head installed
     layers: tuple[int, ...] = (1, 2, 3)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=150, eval_every=150,
                                                                     save_every=50))
     adversary: AdversaryConfig = field(default_factory=lambda: AdversaryConfig(
         discriminator="logit-mlp", adv_loss="bce", adv_weight=1.0, adv_warmup=50))
-    head_options: dict = field(default_factory=dict)  # added to every family's (e.g. draft_vocab)
+    head_options: dict = field(default_factory=dict)  # given to every family that has the option
+    tree: tuple[str, dict] | None = None  # inference tree of every head; None: each head's default
 
     def __post_init__(self):
-        unknown = sorted(set(self.families) - set(FAMILIES))
-        if unknown:
-            raise ConfigError(f"ablation: unknown families {unknown}; choose from {sorted(FAMILIES)}")
         if not self.layers or min(self.layers) < 1:
             raise ConfigError("ablation: layers must be K >= 1")
         if not self.adversary.enabled:
             raise ConfigError("ablation: the adversarial arm needs a discriminator")
 
-    def runs(self) -> list[tuple[str, TrainConfig, tuple]]:
+    def runs(self, registry) -> list[tuple[str, TrainConfig, tuple]]:
         """(name, training config, inference tree) of every configuration, in a fixed order."""
+        from .config import describe_options
+        from .heads import NeuralHead
+
+        trainable = [n for n in registry.names("heads")
+                     if issubclass(registry.get("heads", n).cls, NeuralHead)]
+        unknown = sorted(set(self.families) - set(trainable))
+        if unknown:
+            raise ConfigError(f"ablation: {', '.join(unknown)} is not a trainable head; choose from "
+                              f"{', '.join(trainable)}")
         out = []
-        for family in self.families:
-            spec = FAMILIES[family]
+        for family in self.families or tuple(trainable):
+            cls = registry.get("heads", family).cls
+            own = {o["name"] for o in describe_options(cls)}
+            if "layers" not in own:
+                raise ConfigError(f"ablation: head {family!r} has no 'layers' option (K)")
+            options = {k: v for k, v in self.head_options.items() if k in own}
+            tree = self.tree or cls.default_tree
             for k in self.layers:
                 for adv in (False, True):
-                    cfg = replace(self.train, head=family,
-                                  head_options={**spec["head_options"], **self.head_options,
-                                                "layers": k},
+                    cfg = replace(self.train, head=family, head_options={**options, "layers": k},
                                   adversary=self.adversary if adv else AdversaryConfig())
-                    out.append((f"{family}-k{k}-{'koala' if adv else 'sup'}", cfg, spec["tree"]))
+                    out.append((f"{family}-k{k}-{'koala' if adv else 'sup'}", cfg, tree))
         return out
 
 
@@ -73,7 +75,7 @@ def run_ablation(target, data: str | Path, out: str | Path, config: AblationConf
     out = Path(out)
     ck_dir = out / "checkpoints"
     ck_dir.mkdir(parents=True, exist_ok=True)
-    runs = config.runs()
+    runs = config.runs(reg)
     for name, cfg, tree in runs:
         folder = ck_dir / name
         if (folder / "koala.json").is_file():

@@ -3,6 +3,11 @@
 :class:`TargetModel` wraps any HF causal LM that accepts a 4-D additive attention mask and exposes
 ``get_decoder()`` / ``get_output_embeddings()`` (Llama, Qwen2, Mistral, ...). Everything else in
 koala talks to the target through it. Works with transformers 5.17 through 5.24.
+
+Sliding-window attention (Mistral, Qwen2 with ``use_sliding_window``): the KV cache keeps every
+token (slot = position, so accepting a tree path is a gather and a crop), and the window is applied
+by the mask instead: HF builds it for plain causal steps, koala adds it to its tree masks (one mask
+per layer type when a model mixes full and sliding layers).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ModelError
+from .tensors import additive_mask
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,13 @@ class TargetModel:
         params = inspect.signature(self.decoder.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._identity: TargetIdentity | None = None
+        window = getattr(self.config, "sliding_window", None)
+        types = getattr(self.config, "layer_types", None) or []
+        if window and types and "sliding_attention" not in types:
+            window = None  # e.g. Qwen2 with use_sliding_window=False
+        self.sliding_window: int | None = int(window) if window else None
+        # a model mixing full and sliding layers takes one mask per layer type
+        self._mixed_layers = bool(window) and "full_attention" in types
 
     # -- facts ---------------------------------------------------------------------------------
     @property
@@ -96,12 +109,10 @@ class TargetModel:
 
     # -- forward -------------------------------------------------------------------------------
     def new_cache(self):
+        """An empty cache that keeps every token (also for sliding-window layers: see above)."""
         from transformers import DynamicCache
 
-        try:
-            return DynamicCache(config=self.config)
-        except TypeError:  # older signature
-            return DynamicCache()
+        return DynamicCache()
 
     @staticmethod
     def cache_length(cache) -> int:
@@ -122,20 +133,27 @@ class TargetModel:
             positions = torch.arange(past, past + n, device=input_ids.device)
         mask = None
         if tree_mask is not None:
-            mask = self.additive_mask(tree_mask, past)
+            mask = self.tree_attention_mask(tree_mask, past, positions)
         out = self.decoder(input_ids=input_ids[None], position_ids=positions[None],
                            attention_mask=mask, use_cache=True, **{self._cache_kw: cache})
         return out.last_hidden_state[0]  # (n, D)
 
-    def additive_mask(self, tree_mask: torch.Tensor, past: int) -> torch.Tensor:
-        """(1, 1, n, past + n) float mask: 0 where attention is allowed, finfo.min elsewhere.
-
-        A boolean 4-D mask is silently wrong under eager attention, so this is always float.
-        """
+    def tree_attention_mask(self, tree_mask: torch.Tensor, past: int, positions: torch.Tensor):
+        """The additive (1, 1, n, past + n) mask of a tree forward: every node sees the cache and,
+        inside the tree, itself and its ancestors; with a sliding window, only keys less than the
+        window behind its own position (a dict per layer type when the model mixes both)."""
         n = tree_mask.shape[0]
-        mask = torch.zeros(1, 1, n, past + n, dtype=self.dtype, device=self.device)
-        mask[0, 0, :, past:].masked_fill_(~tree_mask.to(self.device), torch.finfo(self.dtype).min)
-        return mask
+        allow = torch.cat([torch.ones(n, past, dtype=torch.bool, device=self.device),
+                           tree_mask.to(self.device)], 1)  # (n, past + n)
+        full = additive_mask(allow, self.dtype)
+        if self.sliding_window is None:
+            return full
+        key_pos = torch.cat([torch.arange(past, device=self.device), positions.to(self.device)])
+        near = positions.to(self.device)[:, None] - key_pos[None, :] < self.sliding_window
+        sliding = additive_mask(allow & near, self.dtype)
+        if self._mixed_layers:
+            return {"full_attention": full, "sliding_attention": sliding}
+        return sliding
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -158,6 +176,9 @@ class TargetModel:
         contiguous = nodes == list(range(len(nodes)))
         index = None if contiguous else torch.tensor(nodes, device=self.device) + past
         for layer in self._layers(cache):
+            if getattr(layer, "is_sliding", False):  # its slots are not positions: cannot be edited
+                raise ModelError("koala needs a cache that keeps every token; this one drops tokens "
+                                 "outside the sliding window (use TargetModel.new_cache())")
             if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
                 continue
             if index is not None:

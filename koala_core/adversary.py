@@ -17,45 +17,17 @@ training goes on supervised, with a message naming the settings to change.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ConfigError, KoalaError
+from .errors import KoalaError
 from .interfaces import DepthOutput
+from .tensors import load_optimizer, optimizer_tensors
+from .train_config import AdversaryConfig
 
 
 class CollapseError(KoalaError):
     """Adversarial training collapsed (NaN, or a discriminator that cannot be kept in the game)."""
-
-
-@dataclass(frozen=True)
-class AdversaryConfig:
-    discriminator: str = field(default="", metadata={"help": "discriminator plugin; empty = supervised only"})
-    discriminator_options: dict = field(default_factory=dict)
-    adv_loss: str = field(default="bce", metadata={"help": "adversarial loss plugin (the game)"})
-    adv_loss_options: dict = field(default_factory=dict)
-    adv_weight: float = field(default=0.1, metadata={"help": "lambda_adv after warm-up"})
-    adv_warmup: int = field(default=200, metadata={"help": "head steps over which lambda_adv ramps from 0"})
-    d_lr: float = field(default=2e-4, metadata={"help": "discriminator learning rate (Adam)"})
-    d_steps: int = field(default=1, metadata={"help": "discriminator updates per head update (n_d)"})
-    d_positions: int = field(default=1024, metadata={"help": "positions per depth the discriminator sees per step"})
-    collapse_acc: float = field(default=0.99, metadata={"help": "accuracy counted as a won game"})
-    collapse_patience: int = field(default=100, metadata={"help": "steps at collapse_acc before backing off"})
-    max_backoffs: int = field(default=3, metadata={"help": "back-offs before training stops"})
-
-    def __post_init__(self):
-        if self.adv_weight < 0 or self.adv_warmup < 0:
-            raise ConfigError("adversarial: adv_weight and adv_warmup must be >= 0")
-        if self.d_lr <= 0 or self.d_steps < 1 or self.d_positions < 1:
-            raise ConfigError("adversarial: need d_lr > 0, d_steps >= 1, d_positions >= 1")
-        if not 0.5 < self.collapse_acc <= 1 or self.collapse_patience < 1 or self.max_backoffs < 0:
-            raise ConfigError("adversarial: need 0.5 < collapse_acc <= 1, collapse_patience >= 1, "
-                              "max_backoffs >= 0")
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.discriminator)
 
 
 class Adversary:
@@ -179,9 +151,7 @@ class Adversary:
     # -- resumable state -----------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {f"disc.{k}": v.detach().cpu().contiguous() for k, v in self.disc.state_dict().items()}
-        for pid, st in self.opt.state_dict()["state"].items():
-            for name, value in st.items():
-                tensors[f"dopt.{pid}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        tensors.update(optimizer_tensors(self.opt, "dopt"))
         tensors["drng"] = self.gen.get_state()
         return tensors
 
@@ -193,12 +163,7 @@ class Adversary:
         if "drng" not in tensors:
             raise KoalaError("cannot resume: the saved training state has no discriminator")
         self.disc.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
-        state: dict = {}
-        for k, v in tensors.items():
-            if k.startswith("dopt."):
-                _, pid, name = k.split(".", 2)
-                state.setdefault(int(pid), {})[name] = v
-        self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        load_optimizer(self.opt, tensors, "dopt", meta["param_groups"])
         self.gen.set_state(tensors["drng"])
         self.pinned, self.paused, self.backoffs = meta["pinned"], meta["paused"], meta["backoffs"]
         self.stopped_at = meta.get("stopped_at")

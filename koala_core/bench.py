@@ -4,6 +4,8 @@ Every method generates every prompt; the order of methods rotates from prompt to
 drift in machine speed hits all of them alike; a warm-up prompt runs first and is not counted.
 Speedup is per prompt: the vanilla engine's seconds per new token over the method's (prefill
 included for every method, so HF's own generate is comparable), reported as median/min/max.
+At T=0 every lossless method must reproduce vanilla token for token (``identical_to_vanilla``);
+at T>0 outputs are samples, so that column is empty and the bench reports acceptance and speed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from .errors import ConfigError, KoalaError
 from .prompts import encode_prompt, read_jsonl_prompts
 
+BUILTIN_PROMPTS = ("mtbench", "gsm8k")
 MTBENCH = "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
 GSM8K = "data/gsm8k/test.jsonl"
 
@@ -63,8 +66,12 @@ class MethodRun:
 class Method:
     """A named way to generate: a koala engine, or HF's own prompt-lookup decoding."""
 
-    def __init__(self, name: str, engine=None, hf_target=None, lossy: bool = False) -> None:
-        self.name, self.engine, self.hf_target, self.lossy = name, engine, hf_target, lossy
+    def __init__(self, name: str, engine=None, hf_target=None) -> None:
+        self.name, self.engine, self.hf_target = name, engine, hf_target
+
+    def lossy(self, config) -> bool:
+        """Whether this method changes the target's output distribution under ``config``."""
+        return self.engine is not None and self.engine.verifier_for(config.sampling).lossy
 
     def run(self, ids: list[int], config) -> MethodRun:
         if self.engine is not None:
@@ -74,15 +81,22 @@ class Method:
                              r.accepted, sum(s.draft_s for s in steps), sum(s.verify_s for s in steps),
                              [len(s.tokens) for s in steps])
         model, eos = self.hf_target.model, sorted(self.hf_target.eos_token_ids)
+        s = config.sampling
+        sampling = {"do_sample": False} if s.greedy else {
+            "do_sample": True, "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p}
+        if not s.greedy:
+            torch.manual_seed(config.seed if config.seed is not None else 0)
         t0 = time.perf_counter()
-        out = model.generate(torch.tensor([ids], device=self.hf_target.device), do_sample=False,
+        out = model.generate(torch.tensor([ids], device=self.hf_target.device), **sampling,
                              max_new_tokens=config.max_new_tokens, prompt_lookup_num_tokens=10,
                              eos_token_id=eos, pad_token_id=eos[0])
         seconds = time.perf_counter() - t0
         return MethodRun(out[0, len(ids):].tolist(), seconds)
 
 
-def summarize(name: str, runs: list[MethodRun], base: list[MethodRun], lossy: bool) -> dict:
+def summarize(name: str, runs: list[MethodRun], base: list[MethodRun], lossy: bool,
+              exact: bool = True) -> dict:
+    """One method's figures; ``exact`` (T=0) adds the share of outputs identical to vanilla's."""
     speedups = [(b.seconds / max(len(b.tokens), 1)) / (r.seconds / max(len(r.tokens), 1))
                 for r, b in zip(runs, base)]
     tokens = sum(len(r.tokens) for r in runs)
@@ -92,7 +106,8 @@ def summarize(name: str, runs: list[MethodRun], base: list[MethodRun], lossy: bo
         "tokens_per_s": tokens / seconds if seconds else 0.0,
         "speedup": {"median": statistics.median(speedups), "min": min(speedups),
                     "max": max(speedups), "mean": statistics.fmean(speedups)},
-        "identical_to_vanilla": sum(r.tokens == b.tokens for r, b in zip(runs, base)) / len(runs),
+        "identical_to_vanilla": (sum(r.tokens == b.tokens for r, b in zip(runs, base)) / len(runs)
+                                 if exact else None),
         "lossy": lossy, "tau": None, "token_efficiency": None, "draft_share": None,
         "verify_share": None, "draft_ms_per_step": None, "accept_histogram": None,
     }
@@ -130,14 +145,18 @@ def run_bench(methods: list[Method], target, prompts: list[dict], config, repeat
                 bar.update()
     bar.close()
     base = runs["vanilla"]
-    results = {"methods": [summarize(m.name, runs[m.name], base, m.lossy) for m in methods]}
+    exact = config.sampling.greedy
+    lossy = {m.name: m.lossy(config) for m in methods}
+    results = {"methods": [summarize(m.name, runs[m.name], base, lossy[m.name], exact)
+                           for m in methods]}
     cats = sorted({p.get("category") or "" for p in prompts})
     if len(cats) > 1:
         results["by_category"] = {}
         for c in cats:
             idx = [i for i in range(len(runs["vanilla"])) if (prompts[i % len(prompts)].get("category") or "") == c]
             results["by_category"][c] = [
-                summarize(m.name, [runs[m.name][i] for i in idx], [base[i] for i in idx], m.lossy)
+                summarize(m.name, [runs[m.name][i] for i in idx], [base[i] for i in idx],
+                          lossy[m.name], exact)
                 for m in methods]
     return results
 
@@ -168,15 +187,23 @@ def markdown_table(results: dict) -> str:
              f"{meta.get('n_prompts', '')} prompts x {meta.get('max_new_tokens', '')} new tokens, "
              f"T={meta.get('temperature', 0)}, {meta.get('dtype', '')} ({meta.get('kernels', 'torch')} kernels), "
              f"{meta.get('device', '')}; "
-             "speedup = per-prompt seconds/token of vanilla over the method's (median [min-max]).", "",
-             "| method | tau | speedup | tokens/s | token eff. | identical | lossy |",
-             "|---|---:|---|---:|---:|---:|---|"]
-    for m in results["methods"]:
-        lines.append(f"| {m['method']} | {_fmt(m['tau'])} | {format_speedup(m['speedup'])} | "
-                     f"{m['tokens_per_s']:.1f} | "
-                     f"{_fmt(m['token_efficiency'])} | {m['identical_to_vanilla']:.0%} | "
-                     f"{'LOSSY' if m['lossy'] else 'no'} |")
+             "speedup = per-prompt seconds/token of vanilla over the method's (median [min-max]).", ""]
+    lines += _table(results["methods"])
+    for category, rows in results.get("by_category", {}).items():
+        lines += ["", f"## {category or '(no category)'} ({rows[0]['prompts']} prompts)", ""]
+        lines += _table(rows)
     return "\n".join(lines) + "\n"
+
+
+def _table(rows: list[dict]) -> list[str]:
+    lines = ["| method | tau | speedup | tokens/s | token eff. | draft ms/step | identical | lossy |",
+             "|---|---:|---|---:|---:|---:|---:|---|"]
+    for m in rows:
+        lines.append(f"| {m['method']} | {_fmt(m['tau'])} | {format_speedup(m['speedup'])} | "
+                     f"{m['tokens_per_s']:.1f} | {_fmt(m['token_efficiency'])} | "
+                     f"{_fmt(m['draft_ms_per_step'], '.1f')} | "
+                     f"{_fmt(m['identical_to_vanilla'], '.0%')} | {'LOSSY' if m['lossy'] else 'no'} |")
+    return lines
 
 
 def plot(results: dict, out: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,15 +22,11 @@ WEIGHTS, META = "model.safetensors", "koala.json"
 REQUIRED = ("format", "plugin", "head_config", "target")
 
 
-# The tree a head drafts best with, unless the user picks one (recorded in koala.json).
-DEFAULT_TREE = {"medusa": ("static", {"preset": "small"}), "hydra": ("static", {"preset": "small"}),
-                "eagle": ("dynamic", {})}
-
-
 def save_head(head, folder: str | Path, plugin: str, recipe: dict | None = None,
               metrics: dict | None = None, dtype: torch.dtype = torch.bfloat16,
               tree: tuple[str, dict] | None = None) -> Path:
-    """Save a trainable head's weights (cast to ``dtype``) and metadata."""
+    """Save a trainable head's weights (cast to ``dtype``) and metadata; ``tree`` is the tree policy
+    recorded for inference (default: the head's own ``default_tree``)."""
     from safetensors.torch import save_file
 
     from .registry import default_registry
@@ -45,7 +42,7 @@ def save_head(head, folder: str | Path, plugin: str, recipe: dict | None = None,
         "dtype": str(dtype).replace("torch.", ""),
         "target": head.target.identity().as_dict(),
         "inference": dict(zip(("tree", "tree_options"),
-                              tree or DEFAULT_TREE.get(plugin, ("chain", {})))),
+                              tree or type(head).default_tree)),
         "recipe": recipe or {},
         "metrics": metrics or {},
     }
@@ -77,37 +74,71 @@ def read_meta(folder: str | Path) -> dict:
     return meta
 
 
+@dataclass
+class Checkpoint:
+    """A head checkpoint read once: its folder, metadata and weights (as stored).
+
+    ``Checkpoint.open`` checks everything that can be checked without a model (missing or corrupt
+    files, missing fields, format version), so a bad checkpoint fails before a model loads.
+    """
+
+    folder: Path
+    meta: dict
+    state: dict
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "Checkpoint":
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        meta = read_meta(folder)
+        try:
+            state = load_file(str(folder / WEIGHTS))
+        except Exception as exc:  # safetensors raises its own error type for damaged files
+            raise CheckpointError(f"{folder / WEIGHTS} is corrupt: {exc}") from None
+        return cls(folder, meta, state)
+
+    @property
+    def plugin(self) -> str:
+        return self.meta["plugin"]["name"]
+
+    @property
+    def tree(self) -> tuple[str, dict] | None:
+        """The tree policy recorded for inference, if any."""
+        inference = self.meta.get("inference") or {}
+        if not inference.get("tree"):
+            return None
+        return inference["tree"], dict(inference.get("tree_options", {}))
+
+    def build_head(self, target, registry=None):
+        """The head for ``target``, refusing a checkpoint made for another model."""
+        from .registry import default_registry
+
+        mine = target.identity().as_dict()
+        if self.meta["target"] != mine:
+            diff = {k: (self.meta["target"].get(k), v) for k, v in mine.items()
+                    if self.meta["target"].get(k) != v}
+            raise CheckpointError(
+                f"{self.folder} was trained for another target model (checkpoint vs loaded: {diff}); "
+                f"pass the --model it was made for, or train a head for this one")
+        reg = registry or default_registry()
+        try:
+            head = reg.create("heads", self.plugin, self.meta["head_config"], target=target)
+        except (PluginError, ConfigError) as exc:
+            raise CheckpointError(f"{self.folder}: cannot rebuild head {self.plugin!r}: {exc}") from exc
+        state = {k: v.to(target.dtype) if v.is_floating_point() else v for k, v in self.state.items()}
+        try:
+            head.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{self.folder / WEIGHTS} does not fit head {self.plugin!r}: "
+                                  f"{exc}") from None
+        head.to(target.device).eval()
+        if hasattr(head, "use_kernels"):
+            head.use_kernels(getattr(target, "kernels", "torch"))
+        head.checkpoint_meta = self.meta
+        return head
+
+
 def load_head(folder: str | Path, target, registry=None):
-    """Rebuild a head for ``target`` from a checkpoint, refusing one made for another model."""
-    from safetensors.torch import load_file
-
-    from .registry import default_registry
-
-    folder = Path(folder)
-    meta = read_meta(folder)
-    mine = target.identity().as_dict()
-    if meta["target"] != mine:
-        diff = {k: (meta["target"].get(k), v) for k, v in mine.items() if meta["target"].get(k) != v}
-        raise CheckpointError(
-            f"{folder} was trained for another target model (checkpoint vs loaded: {diff}); "
-            f"pass the --model it was made for, or train a head for this one")
-    reg = registry or default_registry()
-    name = meta["plugin"]["name"]
-    try:
-        head = reg.create("heads", name, meta["head_config"], target=target)
-    except (PluginError, ConfigError) as exc:
-        raise CheckpointError(f"{folder}: cannot rebuild head {name!r}: {exc}") from exc
-    try:
-        state = load_file(str(folder / WEIGHTS))
-    except Exception as exc:  # safetensors raises its own error type for damaged files
-        raise CheckpointError(f"{folder / WEIGHTS} is corrupt: {exc}") from None
-    state = {k: v.to(target.dtype) if v.is_floating_point() else v for k, v in state.items()}
-    try:
-        head.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{folder / WEIGHTS} does not fit head {name!r}: {exc}") from None
-    head.to(target.device).eval()
-    if hasattr(head, "use_kernels"):
-        head.use_kernels(getattr(target, "kernels", "torch"))
-    head.checkpoint_meta = meta
-    return head
+    """Rebuild a head for ``target`` from a checkpoint folder (see :class:`Checkpoint`)."""
+    return Checkpoint.open(folder).build_head(target, registry)

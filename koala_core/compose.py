@@ -1,4 +1,9 @@
-"""Building an engine from plugin names and options (what the CLI and recipes call)."""
+"""Building an engine (or a bench method) from plugin names, options, a checkpoint or a recipe.
+
+No plugin is special here: a head brings its own default tree (``DraftHead.default_tree``), a
+checkpoint records the tree it was tuned with, the verifier nobody named is chosen by the engine's
+one rule, and ``--head default`` falls back to a training-free head that declares ``fallback``.
+"""
 
 from __future__ import annotations
 
@@ -16,50 +21,53 @@ def build_engine(model: str = "default", head: str | None = "default", checkpoin
                  verifier_options: dict[str, Any] | None = None, sampling: Sampling = Sampling(),
                  device: str = "cpu", dtype: str = "float32", kernels: str = "auto",
                  registry: Registry | None = None):
-    """A :class:`~koala_core.engine.SpeculativeEngine`; every name and option is checked before
-    the model loads, so a typo fails in milliseconds."""
-    from .engine import SpeculativeEngine
+    """A :class:`~koala_core.engine.SpeculativeEngine`; every name, option and checkpoint file is
+    checked before the model loads, so a typo or a damaged file fails in milliseconds."""
+    from .checkpoint import Checkpoint
+    from .engine import SpeculativeEngine, check_verifier
     from .model import load_target
-
     from .shipped import default_checkpoint
 
     reg = registry or default_registry()
     if head == "default" and checkpoint is None:
         checkpoint = default_checkpoint(model)
-        head = None if checkpoint else "lookup"
+        head = None if checkpoint else fallback_head(reg)
     if head in (None, "", "none", "default"):
         head = None
-    verifier = verifier or ("greedy" if sampling.greedy else "rejection")
-    if verifier == "greedy" and not sampling.greedy:
-        raise ConfigError("the greedy verifier needs --temperature 0; use 'rejection' (lossless "
-                          "sampling) or 'typical' (lossy) at T>0")
-    if head is not None:  # fail on a bad head name or option before the model loads
+    ck = Checkpoint.open(checkpoint) if checkpoint is not None else None
+    if ck is not None and head_options:
+        raise ConfigError("head options come from the checkpoint; drop --head-option")
+    if head is not None and ck is None:  # a bad head name or option fails here
         build_config(reg.get("heads", head).cls, head_options or {}, where=f"head {head!r}")
-    elif head_options:
+    elif head_options and ck is None:
         raise ConfigError("head options given without a head")
-    if checkpoint is not None:
-        from .checkpoint import read_meta
-
-        read_meta(checkpoint)  # a missing or corrupt checkpoint fails before the model loads
-        if head_options:
-            raise ConfigError("head options come from the checkpoint; drop --head-option")
-    tree_policy = reg.create("tree_policies", *tree_for(checkpoint, tree, tree_options))
-    ver = reg.create("verifiers", verifier, verifier_options)
+    head_cls = reg.get("heads", ck.plugin if ck else head).cls if (ck or head) else None
+    policy = None
+    if head_cls is not None or tree:
+        policy = reg.create("tree_policies", *choose_tree(ck, head_cls, tree, tree_options))
+    ver = reg.create("verifiers", verifier, verifier_options) if verifier else None
+    if ver is not None:
+        check_verifier(ver, sampling)
     target = load_target(model, device=device, dtype=dtype, kernels=kernels)
-    return SpeculativeEngine(target, make_drafter(target, head, head_options, checkpoint, reg),
-                             tree_policy, ver)
+    drafter = make_drafter(target, head, head_options, ck, reg)
+    return SpeculativeEngine(target, drafter, policy if drafter is not None else None, ver)
 
 
-def tree_for(checkpoint: str | None, tree: str | None, tree_options: dict | None) -> tuple[str, dict]:
-    """The tree policy to draft with: the one given, else the checkpoint's own, else chain.
+def fallback_head(registry: Registry) -> str | None:
+    """The training-free head ``--head default`` uses when no trained head exists (first by name)."""
+    names = [n for n in registry.names("heads") if registry.get("heads", n).cls.fallback]
+    return names[0] if names else None
 
-    Options given on top of a checkpoint's tree refine it."""
-    if tree is None and checkpoint is not None:
-        from .checkpoint import read_meta
 
-        inference = read_meta(checkpoint).get("inference", {})
-        return inference.get("tree", "chain"), {**inference.get("tree_options", {}), **(tree_options or {})}
-    return tree or "chain", dict(tree_options or {})
+def choose_tree(checkpoint, head_cls: type | None, tree: str | None,
+                tree_options: dict | None) -> tuple[str, dict]:
+    """The tree policy to draft with: the one given, else the checkpoint's own, else the head's
+    default. Options given without a tree name refine the chosen one."""
+    if tree:
+        return tree, dict(tree_options or {})
+    name, options = ((checkpoint.tree if checkpoint is not None else None)
+                     or (head_cls.default_tree if head_cls is not None else ("chain", {})))
+    return name, {**options, **(tree_options or {})}
 
 
 def recipe_engine_args(recipe, checkpoint: str | None = None) -> dict:
@@ -80,24 +88,25 @@ def recipe_engine_args(recipe, checkpoint: str | None = None) -> dict:
             "sampling": Sampling(recipe.temperature)}
 
 
-def make_drafter(target, head: str | None, head_options: dict | None, checkpoint: str | None,
+def make_drafter(target, head: str | None, head_options: dict | None, checkpoint,
                  registry: Registry):
-    """A head from a checkpoint folder, a plugin name, or None."""
+    """A head from an opened :class:`~koala_core.checkpoint.Checkpoint`, a plugin name, or None."""
     if checkpoint is not None:
-        from .checkpoint import load_head
-
-        return load_head(checkpoint, target, registry)
+        return checkpoint.build_head(target, registry)
     if head is not None:
         return registry.create("heads", head, head_options, target=target).to(target.device)
     return None
 
 
 def build_method(spec: str, target, registry: Registry | None = None):
-    """A bench method from its name: vanilla, lookup, hf-lookup, default, or a checkpoint folder."""
+    """A bench method from its name: ``vanilla``, ``hf-lookup``, a training-free head plugin
+    (e.g. ``lookup``), ``default``, a shipped head's name, a checkpoint folder or a recipe file."""
     from pathlib import Path
 
     from .bench import Method
+    from .checkpoint import Checkpoint
     from .engine import SpeculativeEngine
+    from .heads import NeuralHead
     from .shipped import default_checkpoint, shipped_checkpoints
 
     reg = registry or default_registry()
@@ -107,25 +116,30 @@ def build_method(spec: str, target, registry: Registry | None = None):
         args = recipe_engine_args(load_recipe(spec, reg))
         if args["model"] != "default" and args["model"] != target.name:
             raise ConfigError(f"recipe {spec} is for model {args['model']!r}; bench runs {target.name!r}")
-        policy = reg.create("tree_policies", *tree_for(args["checkpoint"], args["tree"],
-                                                         args["tree_options"]))
-        verifier = reg.create("verifiers", args["verifier"] or "greedy", args["verifier_options"])
-        drafter = make_drafter(target, args["head"], args["head_options"], args["checkpoint"], reg)
-        return Method(Path(spec).stem, SpeculativeEngine(target, drafter, policy, verifier),
-                      lossy=verifier.lossy)
+        ck = Checkpoint.open(args["checkpoint"]) if args["checkpoint"] else None
+        head_cls = reg.get("heads", ck.plugin if ck else args["head"]).cls
+        policy = reg.create("tree_policies", *choose_tree(ck, head_cls, args["tree"],
+                                                          args["tree_options"]))
+        verifier = (reg.create("verifiers", args["verifier"], args["verifier_options"])
+                    if args["verifier"] else None)
+        drafter = make_drafter(target, args["head"], args["head_options"], ck, reg)
+        return Method(Path(spec).stem, SpeculativeEngine(target, drafter, policy, verifier))
     if spec == "vanilla":
-        return Method(spec, SpeculativeEngine(target, verifier=reg.create("verifiers", "rejection")))
+        return Method(spec, SpeculativeEngine(target))
     if spec == "hf-lookup":
         return Method(spec, hf_target=target)
-    if spec == "lookup":
-        return Method(spec, SpeculativeEngine(target, make_drafter(target, "lookup", None, None, reg)))
+    training_free = [n for n in reg.names("heads")
+                     if not issubclass(reg.get("heads", n).cls, NeuralHead)]
+    if spec in training_free:
+        return Method(spec, SpeculativeEngine(target, make_drafter(target, spec, None, None, reg)))
     folder = default_checkpoint("default") if spec == "default" else None
     if spec == "default" and folder is None:
         raise ConfigError("no shipped default checkpoint in this installation")
     folder = folder or (shipped_checkpoints().get(spec) or spec)
     if not (Path(folder) / "koala.json").is_file():
-        known = ", ".join(["vanilla", "lookup", "hf-lookup", "default", *shipped_checkpoints()])
-        raise ConfigError(f"unknown bench method {spec!r}: use one of {known}, or a checkpoint folder")
-    policy = reg.create("tree_policies", *tree_for(str(folder), None, None))
-    return Method(spec, SpeculativeEngine(target, make_drafter(target, None, None, str(folder), reg),
-                                          policy))
+        known = ", ".join(["vanilla", "hf-lookup", *training_free, "default", *shipped_checkpoints()])
+        raise ConfigError(f"unknown bench method {spec!r}: use one of {known}, a checkpoint folder "
+                          "or a recipe .toml")
+    ck = Checkpoint.open(folder)
+    policy = reg.create("tree_policies", *choose_tree(ck, reg.get("heads", ck.plugin).cls, None, None))
+    return Method(spec, SpeculativeEngine(target, ck.build_head(target, reg), policy))

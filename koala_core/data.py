@@ -9,10 +9,10 @@ Shards are safetensors files written atomically; a manifest makes the run resuma
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
-import os
-import tempfile
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, KoalaError
-from .files import write_json_atomic
+from .files import write_file_atomic, write_json_atomic
 
 SHAREGPT_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
@@ -36,7 +36,26 @@ def sharegpt_path() -> Path:
     return Path(spec.submodule_search_locations[0]) / SHAREGPT_FILE
 
 
-def iter_sharegpt(path: str | Path | None = None) -> Iterator[list[dict]]:
+@dataclass(frozen=True)
+class Conversation:
+    """One ShareGPT record as chat messages. ``conversation`` is the id of the whole conversation:
+    the file stores a long one as several records (``<id>_0``, ``<id>_1``, ...) that share it."""
+
+    record: str
+    messages: list[dict]
+
+    @property
+    def conversation(self) -> str:
+        return re.sub(r"_\d+$", "", self.record)
+
+    @property
+    def prompt_key(self) -> str:
+        """A digest of the first user message (whitespace-normalised): duplicates share it."""
+        text = " ".join(self.messages[0]["content"].split())
+        return hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()
+
+
+def iter_sharegpt(path: str | Path | None = None) -> Iterator[Conversation]:
     """Conversations as chat messages, decoded record by record (the packaged file is truncated)."""
     path = Path(path) if path else sharegpt_path()
     if not path.is_file():
@@ -45,6 +64,7 @@ def iter_sharegpt(path: str | Path | None = None) -> Iterator[list[dict]]:
     decoder = json.JSONDecoder()
     i = text.find("[") + 1
     n = len(text)
+    number = 0
     while i < n:
         while i < n and text[i] in " \t\r\n,":
             i += 1
@@ -54,28 +74,39 @@ def iter_sharegpt(path: str | Path | None = None) -> Iterator[list[dict]]:
             record, i = decoder.raw_decode(text, i)
         except ValueError:
             return  # the truncated tail
+        number += 1
+        if not isinstance(record, dict):
+            continue
         messages = []
-        for turn in record.get("conversations", []) if isinstance(record, dict) else []:
+        for turn in record.get("conversations", []):
             role = ROLES.get(str(turn.get("from", "")).lower())
             value = turn.get("value")
             if role and isinstance(value, str) and value.strip():
                 messages.append({"role": role, "content": value})
         if len(messages) >= 2 and messages[0]["role"] == "user":
-            yield messages
+            yield Conversation(str(record.get("id", f"record{number}")), messages)
+
+
+def split_of(conversation: str, val_every: int) -> str:
+    """``val`` for every ``val_every``-th conversation id (by hash), else ``train``: every record of
+    one conversation lands in the same split."""
+    return "val" if zlib.crc32(conversation.encode()) % val_every == 0 else "train"
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
     max_tokens: int = 200_000  # tokens to cache, train + validation
     max_length: int = 512  # tokens per conversation (longer ones are cut)
-    val_every: int = 20  # every n-th conversation goes to the validation split
+    val_every: int = 20  # every n-th conversation (by id) goes to the validation split
     topk: int = 0  # also cache the target's top-k log-probs (0: labels only)
     shard_tokens: int = 16_384
+    skip: int = 0  # records to pass over first (a held-out set: conversations a training run never saw)
 
     def __post_init__(self):
-        if self.max_tokens < 1 or self.max_length < 8 or self.val_every < 2 or self.topk < 0:
+        if (self.max_tokens < 1 or self.max_length < 8 or self.val_every < 2 or self.topk < 0
+                or self.skip < 0):
             raise ConfigError("prepare: need max_tokens >= 1, max_length >= 8, val_every >= 2, "
-                              "topk >= 0")
+                              "topk >= 0, skip >= 0")
 
 
 def assistant_mask(tokenizer, messages: list[dict], ids: list[int]) -> list[int]:
@@ -116,29 +147,40 @@ class ShardWriter:
         tensors = {k: torch.cat(v).contiguous() for k, v in self.buf.items()}
         tensors["lengths"] = lengths
         name = f"{self.split}-{self.index:05d}.safetensors"
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.out)
-        os.close(fd)
-        save_file(tensors, tmp)
-        os.replace(tmp, self.out / name)
+        write_file_atomic(self.out / name, lambda p: save_file(tensors, str(p)))
         self.index += 1
         self.buf, self.tokens = {}, 0
         return name
 
 
+MANIFEST_FORMAT = 2  # 2: split by conversation id, duplicate prompts dropped
+
+
 @torch.inference_mode()
 def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
             data: str | Path | None = None, progress: bool = True) -> dict:
-    """Cache the target's outputs over ShareGPT into ``out``; resumes where a previous run stopped."""
+    """Cache the target's outputs over ShareGPT into ``out``; resumes where a previous run stopped.
+
+    Every record of one conversation goes to the same split (chosen by the conversation id), and a
+    record whose first prompt already appeared earlier in the file is dropped, so no validation
+    text was seen in training. ``config.skip`` passes over the first records (and the rest of the
+    conversation the last of them belongs to): a held-out set for heads trained on the records
+    before it.
+    """
     from tqdm.auto import tqdm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
     ident = target.identity().as_dict()
-    manifest = {"format": 1, "config": asdict(config), "target": ident, "shards": [],
-                "conversations_done": 0, "tokens": {"train": 0, "val": 0}, "complete": False}
+    manifest = {"format": MANIFEST_FORMAT, "config": asdict(config), "target": ident, "shards": [],
+                "conversations_done": 0, "tokens": {"train": 0, "val": 0},
+                "records": {"train": [], "val": []}, "complete": False}
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text())
+        if old.get("format") != MANIFEST_FORMAT:
+            raise KoalaError(f"{out} was prepared by an older koala (validation split by record, "
+                             f"leaky); prepare into a new --out")
         if old.get("target") != ident:
             raise KoalaError(f"{out} holds data prepared for another model; choose a new --out")
         fixed = {k: v for k, v in asdict(config).items() if k != "max_tokens"}
@@ -161,20 +203,32 @@ def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
     bar = tqdm(total=config.max_tokens, initial=counts["train"] + counts["val"], unit="tok",
                desc="prepare", disable=not progress)
 
+    pending: dict[str, list[str]] = {"train": [], "val": []}  # record ids not yet in a shard
+
     def commit(conversations: int) -> None:
-        for w in writers.values():
+        for split, w in writers.items():
             name = w.flush()
             if name:
                 manifest["shards"].append(name)
+            manifest["records"][split] += pending[split]
+            pending[split] = []
         manifest["conversations_done"] = conversations
         write_json_atomic(manifest_path, manifest)
 
+    seen_prompts: set[str] = set()
+    skipped: set[str] = set()  # conversations begun inside the skipped records
     index = done
-    for index, messages in enumerate(iter_sharegpt(data)):
-        if index < done:
+    for index, conv in enumerate(iter_sharegpt(data)):
+        duplicate = conv.prompt_key in seen_prompts
+        seen_prompts.add(conv.prompt_key)  # rebuilt on resume: the loop always starts at record 0
+        if index < config.skip:
+            skipped.add(conv.conversation)
+            continue
+        if index < done or duplicate or conv.conversation in skipped:
             continue
         if counts["train"] + counts["val"] >= config.max_tokens:
             break
+        messages = conv.messages
         ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=False)
         ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)[: config.max_length]
         mask = assistant_mask(tok, messages, ids)
@@ -183,7 +237,7 @@ def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
         x = torch.tensor(ids, device=target.device)
         hidden = target.forward(x, target.new_cache())  # (T, D)
         logits = target.logits(hidden)  # (T, V)
-        split = "val" if zlib.crc32(str(index).encode()) % config.val_every == 0 else "train"
+        split = split_of(conv.conversation, config.val_every)
         arrays = dict(input_ids=x.to("cpu", torch.int32), hidden=hidden.to("cpu", torch.float16),
                       labels=logits.argmax(-1).to("cpu", torch.int32),
                       loss_mask=torch.tensor(mask, dtype=torch.uint8))
@@ -192,6 +246,7 @@ def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
             arrays["topk_ids"] = top.indices.to("cpu", torch.int32)
             arrays["topk_logp"] = top.values.to("cpu", torch.float16)
         writers[split].add(**arrays)
+        pending[split].append(conv.record)
         counts[split] += len(ids)
         bar.update(len(ids))
         if max(w.tokens for w in writers.values()) >= config.shard_tokens:
@@ -207,14 +262,15 @@ def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
 
 
 def load_split(folder: str | Path, split: str) -> dict[str, torch.Tensor]:
-    """All shards of one split, concatenated (``lengths`` gives the conversation boundaries)."""
+    """All shards of one split (``train``, ``val`` or ``all``), concatenated (``lengths`` gives the
+    conversation boundaries)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
         raise KoalaError(f"{folder} has no prepared data (no manifest.json): run `koala prepare`")
-    names = [n for n in json.loads(manifest_path.read_text())["shards"] if n.startswith(split)]
+    names = [n for n in json.loads(manifest_path.read_text())["shards"] if split == "all" or n.startswith(split)]
     if not names:
         raise KoalaError(f"{folder} has no {split} shards: prepare more tokens")
     parts = []

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import PromptError
+from .errors import ConfigError, PromptError
 from .interfaces import DraftContext, DraftHead, TreeBudget, TreePolicy, Verifier
 from .sampling import Sampling, choose
 from .tree import Tree
@@ -29,6 +29,12 @@ class GenerationConfig:
     seed: int | None = None
     max_tree_nodes: int = 64  # hard cap on drafted nodes per step, whatever the policy asks
     stop_at_eos: bool = True
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_tree_nodes < 0:
+            raise ConfigError(f"max_tree_nodes must be >= 0, got {self.max_tree_nodes}")
 
 
 @dataclass
@@ -94,27 +100,52 @@ class GenerationResult:
         return self.accepted / self.drafted if self.drafted else 0.0
 
 
+def default_verifier_name(sampling: Sampling) -> str:
+    """The one rule for the verifier nobody named: greedy at T=0, exact rejection sampling at T>0."""
+    return "greedy" if sampling.greedy else "rejection"
+
+
+def check_verifier(verifier: Verifier, sampling: Sampling) -> None:
+    """Refuse a verifier that is not defined at this temperature (greedy at T>0)."""
+    if verifier.greedy_only and not sampling.greedy:
+        name = getattr(verifier, "plugin_name", type(verifier).__name__)
+        raise ConfigError(f"the {name} verifier is exact only at temperature 0; at T>0 use "
+                          "'rejection' (lossless sampling) or 'typical' (lossy), or leave the "
+                          "verifier unset")
+
+
 class SpeculativeEngine:
     """Composes a target model with an optional draft head, tree policy and verifier."""
 
     def __init__(self, target, head: DraftHead | None = None, tree_policy: TreePolicy | None = None,
                  verifier: Verifier | None = None) -> None:
-        """Without a tree policy a head drafts a chain; without a verifier, ``rejection`` is used
-        (greedy verification at T=0, exact speculative sampling at T>0)."""
+        """Without a tree policy a head drafts with its own ``default_tree``; without a verifier
+        each generation uses :func:`default_verifier_name` for its temperature."""
         from koala_core.registry import default_registry
 
         self.target = target
         self.head = head
         if head is not None and tree_policy is None:
-            tree_policy = default_registry().create("tree_policies", "chain")
-        if verifier is None:
-            verifier = default_registry().create("verifiers", "rejection")
+            tree_policy = default_registry().create("tree_policies", *type(head).default_tree)
         self.tree_policy = tree_policy
-        self.verifier = verifier
+        self.verifier = verifier  # None: chosen per generation by the rule above
+        self._defaults: dict[str, Verifier] = {}
 
-    @property
-    def verifier_name(self) -> str:
-        return getattr(self.verifier, "plugin_name", type(self.verifier).__name__)
+    def verifier_for(self, sampling: Sampling) -> Verifier:
+        """The verifier a generation with ``sampling`` uses (checked against its temperature)."""
+        from koala_core.registry import default_registry
+
+        if self.verifier is not None:
+            check_verifier(self.verifier, sampling)
+            return self.verifier
+        name = default_verifier_name(sampling)
+        if name not in self._defaults:
+            self._defaults[name] = default_registry().create("verifiers", name)
+        return self._defaults[name]
+
+    def verifier_name(self, sampling: Sampling) -> str:
+        verifier = self.verifier_for(sampling)
+        return getattr(verifier, "plugin_name", type(verifier).__name__)
 
     def check_prompt(self, prompt_ids: list[int], max_new_tokens: int) -> None:
         if len(prompt_ids) == 0:
@@ -132,13 +163,13 @@ class SpeculativeEngine:
         """Yield one :class:`Step` per target forward, prefill first."""
         self.check_prompt(prompt_ids, config.max_new_tokens)
         target, sampling = self.target, config.sampling
+        verifier = self.verifier_for(sampling)
         device = target.device
         generator = None
         if not sampling.greedy:
             generator = torch.Generator(device=device)
             generator.manual_seed(config.seed if config.seed is not None else
                                   int(torch.randint(0, 2**62, (1,))))
-        verifier = self.verifier
         eos = target.eos_token_ids if config.stop_at_eos else frozenset()
         # never run past the model's context
         max_new = min(config.max_new_tokens, target.max_length - len(prompt_ids))

@@ -23,3 +23,7 @@ class PromptError(KoalaError):
 
 class CheckpointError(KoalaError):
     """A missing, corrupt or mismatched head checkpoint."""
+
+
+class WriteError(KoalaError):
+    """A file koala writes could not be written (the old contents stay as they were)."""

@@ -39,6 +39,8 @@ class TrainBatch:
 class NeuralHead(DraftHead):
     """Base of trainable heads: ``draft_vocab`` handling and a frozen, restricted LM head."""
 
+    default_loss = "ce"
+
     def __init__(self, config=None, target=None) -> None:
         super().__init__(config, target)
         if target is None:

@@ -76,6 +76,13 @@ class DraftHead(nn.Module, abc.ABC):
     """
 
     Config: ClassVar[type] = NoConfig
+    #: the tree policy (name, options) this head drafts with unless a checkpoint or the user names one
+    default_tree: ClassVar[tuple[str, dict]] = ("chain", {})
+    #: the supervised loss ``koala train`` uses for this head unless told otherwise ("" = untrainable)
+    default_loss: ClassVar[str] = ""
+    #: True for a head that needs no training: ``--head default`` falls back to it when no trained
+    #: head exists for the model (the first such head by name)
+    fallback: ClassVar[bool] = False
 
     def __init__(self, config=None, target: TargetModel | None = None) -> None:
         super().__init__()
@@ -117,6 +124,7 @@ class Verifier(abc.ABC):
 
     Config: ClassVar[type] = NoConfig
     lossy: ClassVar[bool] = False  # True: the output distribution differs from the target's
+    greedy_only: ClassVar[bool] = False  # True: defined at T=0 only (the engine refuses it at T>0)
 
     def __init__(self, config=None) -> None:
         self.config = config if config is not None else type(self).Config()

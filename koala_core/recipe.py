@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .adversary import AdversaryConfig
 from .config import build_config, coerce_options, describe_options
 from .errors import ConfigError
 from .files import write_bytes_atomic
-from .training import TrainConfig
+from .train_config import AdversaryConfig, TrainConfig
 
 FORMAT = 1
 # recipe section -> registry kind
@@ -106,6 +105,54 @@ class Recipe:
                                adversary=adversary, **tr)
         except TypeError as exc:
             raise ConfigError(f"train settings: {exc}") from None
+
+    # -- changing ------------------------------------------------------------------------------
+    def with_overrides(self, **train: Any) -> "Recipe":
+        """The recipe with training settings replaced (``eval_every`` also sets ``save_every``)."""
+        if "eval_every" in train and "save_every" not in train:
+            train["save_every"] = train["eval_every"]
+        return dataclasses.replace(self, train={**self.train, **train})
+
+    def with_flags(self, args: list[str], registry) -> "Recipe":
+        """The recipe with ``--KEY VALUE`` / ``--KEY=VALUE`` / ``--SLOT.KEY VALUE`` flags applied to
+        its plugins' options: a plain KEY goes to the first chosen plugin that has it (head, tree,
+        verifier, loss, discriminator, adv-loss, then training settings)."""
+        def owners(key: str) -> list[str]:
+            found = [slot for slot, kind in SLOTS.items() if getattr(self, slot).name and key in
+                     {o["name"] for o in describe_options(registry.get(kind, getattr(self, slot).name).cls)}]
+            return found + (["train"] if key in TRAIN_KEYS or key in ADV_KEYS else [])
+
+        updates: dict[str, dict] = {slot: dict(getattr(self, slot).options) for slot in SLOTS}
+        updates["train"] = dict(self.train)
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            if not arg.startswith("--") or len(arg) == 2:
+                raise ConfigError(f"unexpected argument {arg!r}: options are --KEY VALUE")
+            flag, eq, value = arg[2:].partition("=")
+            if not eq:
+                if i + 1 >= len(args):
+                    raise ConfigError(f"--{flag} needs a value")
+                value, i = args[i + 1], i + 1
+            i += 1
+            slot, dot, key = flag.partition(".")
+            if not dot:
+                slot, key = "", flag
+            key, slot = key.replace("-", "_"), slot.replace("-", "_")
+            if slot and slot not in updates:
+                raise ConfigError(f"--{flag}: unknown section {slot!r}; use one of "
+                                  + ", ".join([*SLOTS, "train"]))
+            if slot and slot != "train" and not getattr(self, slot).name:
+                raise ConfigError(f"--{flag}: no {slot} chosen (pass --{slot.replace('_', '-')} NAME)")
+            if not slot:
+                found = owners(key)
+                if not found:
+                    raise ConfigError(f"--{flag}: no chosen plugin has an option {key!r} "
+                                      "(see `koala compose ... --help-options`)")
+                slot = found[0]
+            updates[slot][key] = value
+        slots = {slot: Slot(getattr(self, slot).name, updates[slot]) for slot in SLOTS}
+        return dataclasses.replace(self, **slots, train=updates["train"])
 
     # -- files ---------------------------------------------------------------------------------
     def to_toml(self) -> str:

@@ -12,60 +12,19 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .adversary import Adversary, AdversaryConfig
+from .adversary import Adversary
 from .checkpoint import save_head
 from .files import write_folder_atomic
 from .data import load_split
 from .errors import ConfigError, KoalaError
 from .heads import NeuralHead, TrainBatch
+from .tensors import load_optimizer, optimizer_tensors
+from .train_config import AdversaryConfig, TrainConfig
 
-PRECISIONS = ("fp32", "bf16")
-DEFAULT_LOSS = {"medusa": "ce", "hydra": "ce", "eagle": "feature"}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train one head (each default defined here once; the CLI derives its options)."""
-
-    head: str = "eagle"
-    head_options: dict = field(default_factory=dict)
-    loss: str = ""  # empty: the family default (medusa/hydra: ce, eagle: feature)
-    loss_options: dict = field(default_factory=dict)
-    steps: int = 1000
-    batch_size: int = 8
-    window: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup: int = 50
-    grad_clip: float = 1.0
-    depth_decay: float = 0.8  # weight of depth k is depth_decay ** (k - 1)
-    eval_every: int = 250
-    save_every: int = 250
-    seed: int = 0
-    precision: str = "fp32"  # bf16: forward and losses under bf16 autocast (weights and Adam stay fp32)
-    adversary: AdversaryConfig = field(default_factory=AdversaryConfig)  # off unless a discriminator
-
-    def __post_init__(self):
-        if isinstance(self.adversary, dict):  # from JSON / TOML
-            object.__setattr__(self, "adversary", AdversaryConfig(**self.adversary))
-        for name in ("steps", "batch_size", "window", "eval_every", "save_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train: {name} must be >= 1")
-        if self.lr <= 0 or self.grad_clip <= 0 or not 0 < self.depth_decay <= 1:
-            raise ConfigError("train: need lr > 0, grad_clip > 0, 0 < depth_decay <= 1")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"train: precision must be one of {', '.join(PRECISIONS)}, "
-                              f"got {self.precision!r}")
-
-    def autocast(self, device) -> torch.autocast:
-        """The autocast context the forward and the losses run in (a no-op for fp32)."""
-        device_type = torch.device(device).type
-        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
 
 class WindowSampler:
@@ -167,7 +126,7 @@ def train(target, data: str | Path, out: str | Path, config: TrainConfig = Train
     if not isinstance(head, NeuralHead):
         raise ConfigError(f"head {config.head!r} has nothing to train")
     head.to(target.device).train()
-    loss_name = config.loss or DEFAULT_LOSS.get(config.head, "ce")
+    loss_name = config.loss or head.default_loss
     loss_fn = reg.create("losses", loss_name, config.loss_options)
     train_split = load_split(data, "train")
     val_split = load_split(data, "val")
@@ -240,13 +199,10 @@ def save_train_state(folder: Path, head, opt, gen, step: int, config: TrainConfi
     from safetensors.torch import save_file
 
     tensors = {f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    opt_state = opt.state_dict()
-    for pid, st in opt_state["state"].items():
-        for name, value in st.items():
-            tensors[f"opt.{pid}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors.update(optimizer_tensors(opt, "opt"))
     tensors["rng"] = gen.get_state()
     meta = {"step": step, "config": dataclasses.asdict(config),
-            "param_groups": opt_state["param_groups"]}
+            "param_groups": opt.state_dict()["param_groups"]}
     if adversary is not None:
         tensors.update(adversary.state_tensors())
         meta["adversary"] = adversary.state_meta()
@@ -272,12 +228,7 @@ def load_train_state(folder: Path, head, opt, gen, config: TrainConfig,
         raise KoalaError(f"cannot resume: settings differ from the interrupted run ({changed})")
     tensors = load_file(str(folder / "state.safetensors"))
     head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
-    state: dict = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, pid, name = k.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    load_optimizer(opt, tensors, "opt", meta["param_groups"])
     gen.set_state(tensors["rng"])
     if adversary is not None:
         adversary.load_state(tensors, meta.get("adversary", {}))

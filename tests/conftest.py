@@ -11,12 +11,19 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def tiny_config(arch: str = "llama", vocab: int = 96, seed: int = 0):
-    from transformers import LlamaConfig, Qwen2Config
+    """llama, qwen2, or a sliding-window (6 tokens) model: mistral (every layer sliding) or
+    qwen2-sliding (2 full layers, then 2 sliding ones)."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
-    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
-    return cls(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-               bos_token_id=0, eos_token_id=1, pad_token_id=1, tie_word_embeddings=True)
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  bos_token_id=0, eos_token_id=1, pad_token_id=1, tie_word_embeddings=True)
+    if arch == "mistral":
+        return MistralConfig(**common, sliding_window=6)
+    if arch == "qwen2-sliding":
+        return Qwen2Config(**{**common, "num_hidden_layers": 4}, use_sliding_window=True,
+                           sliding_window=6, max_window_layers=2)
+    return {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch](**common)
 
 
 def tiny_model(arch: str = "llama", vocab: int = 96, seed: int = 0, scale: float = 1.0):

@@ -57,6 +57,27 @@ def test_cache_equals_fresh_prefill_after_many_cycles(arch, registry):
         torch.testing.assert_close(v1, v2, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("sliding", ["mistral", "qwen2-sliding"])
+@pytest.mark.parametrize("policy,options", POLICIES)
+def test_sliding_window_models_are_lossless(registry, sliding, policy, options):
+    """A 6-token window, 12-token prompt, 48 new tokens: trees must respect the window, and the
+    cache must survive rejected nodes (HF's sliding cache drops slots, so koala keeps them all)."""
+    target = tiny_target(sliding)
+    assert target.sliding_window == 6
+    engine = SpeculativeEngine(target, registry.create("heads", "lookup"),
+                               registry.create("tree_policies", policy, options),
+                               registry.create("verifiers", "greedy"))
+    steps = list(engine.stream(PROMPT, GenerationConfig(max_new_tokens=48, stop_at_eos=False)))
+    tokens = [t for s in steps for t in s.tokens]
+    assert tokens == hf_greedy(target, PROMPT, 48)
+    assert any(s.accepted < s.drafted for s in steps)  # some drafts were rejected
+    fresh = target.new_cache()
+    target.forward(torch.tensor((PROMPT + tokens)[:-1]), fresh)
+    for (k1, v1), (k2, v2) in zip(target.cache_tensors(engine.cache), target.cache_tensors(fresh)):
+        torch.testing.assert_close(k1, k2, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(v1, v2, atol=1e-5, rtol=1e-4)
+
+
 def test_stops_at_eos_and_max_tokens(target):
     eos = next(iter(target.eos_token_ids))
     result = SpeculativeEngine(target).generate(PROMPT, GenerationConfig(7, stop_at_eos=False))

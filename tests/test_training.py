@@ -16,7 +16,38 @@ def test_sharegpt_reader_survives_truncation(tmp_path):
     src = write_sharegpt(tmp_path / "s.json", conversations=10)
     convs = list(iter_sharegpt(src))
     assert len(convs) == 9  # the cut-off last record is dropped, the rest decoded
-    assert convs[0][0]["role"] == "user" and convs[0][1]["role"] == "assistant"
+    assert convs[0].messages[0]["role"] == "user" and convs[0].messages[1]["role"] == "assistant"
+
+
+def test_validation_split_is_by_conversation_and_drops_duplicate_prompts(tmp_path):
+    """ShareGPT stores a long conversation as records <id>_0, <id>_1, ...: they must share a
+    split, and a prompt seen before must not come back (in the other split or the same)."""
+    import random
+
+    rng = random.Random(0)
+    records = []
+    for c in range(30):
+        for part in range(3):
+            turns = [{"from": "human" if j % 2 == 0 else "gpt",
+                      "value": " ".join(f"t{rng.randrange(5, 96)}" for _ in range(12))}
+                     for j in range(2)]
+            records.append({"id": f"conv{c}_{part}", "conversations": turns})
+    records += [json.loads(json.dumps(r)) | {"id": f"dup{i}_0"} for i, r in enumerate(records[:9])]
+    src = tmp_path / "s.json"
+    src.write_text(json.dumps(records))
+    out = tmp_path / "d"
+    manifest = prepare(tiny_target(), out, PrepareConfig(max_tokens=100_000, max_length=64,
+                                                         val_every=3), data=src, progress=False)
+    train_ids, val_ids = manifest["records"]["train"], manifest["records"]["val"]
+    assert val_ids and train_ids and len(train_ids) + len(val_ids) == 90  # the 9 duplicates dropped
+    conv = lambda rid: rid.rsplit("_", 1)[0]  # noqa: E731
+    assert not {conv(r) for r in train_ids} & {conv(r) for r in val_ids}
+    assert not any(r.startswith("dup") for r in train_ids + val_ids)
+    held_out = prepare(tiny_target(), tmp_path / "h", PrepareConfig(max_tokens=100_000, max_length=64,
+                                                                     val_every=3, skip=31),
+                       data=src, progress=False)
+    later = held_out["records"]["train"] + held_out["records"]["val"]
+    assert later and min(int(conv(r)[4:]) for r in later) == 11  # conv10 began before record 31
 
 
 def test_prepare_labels_are_the_targets_choices(prepared):

@@ -13,30 +13,27 @@ import torch.nn.functional as F
 
 from koala_core.errors import ConfigError
 from koala_core.interfaces import AdversarialLoss
-
-
-def wmean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return (x * w).sum() / w.sum().clamp_min(1.0)
+from koala_core.tensors import weighted_mean
 
 
 class BCEGame(AdversarialLoss):
     """Non-saturating GAN: D maximises log D(real) + log(1 - D(fake)); G maximises log D(fake)."""
 
     def discriminator_loss(self, real, fake, weight):
-        return wmean(F.softplus(-real) + F.softplus(fake), weight)
+        return weighted_mean(F.softplus(-real) + F.softplus(fake), weight)
 
     def generator_loss(self, fake, weight):
-        return wmean(F.softplus(-fake), weight)
+        return weighted_mean(F.softplus(-fake), weight)
 
 
 class HingeGame(AdversarialLoss):
     """Hinge loss (SAGAN / spectral-norm GAN): D: relu(1 - real) + relu(1 + fake); G: -fake."""
 
     def discriminator_loss(self, real, fake, weight):
-        return wmean(F.relu(1 - real) + F.relu(1 + fake), weight)
+        return weighted_mean(F.relu(1 - real) + F.relu(1 + fake), weight)
 
     def generator_loss(self, fake, weight):
-        return wmean(-fake, weight)
+        return weighted_mean(-fake, weight)
 
 
 class WGANGP(AdversarialLoss):
@@ -51,10 +48,10 @@ class WGANGP(AdversarialLoss):
                 raise ConfigError("wgan-gp: gp_weight must be >= 0")
 
     def discriminator_loss(self, real, fake, weight):
-        return wmean(fake - real, weight)
+        return weighted_mean(fake - real, weight)
 
     def generator_loss(self, fake, weight):
-        return wmean(-fake, weight)
+        return weighted_mean(-fake, weight)
 
     def penalty(self, discriminator, context, real, fake, weight, generator=None):
         """gp_weight x (||grad_x D(x)|| - 1)^2 at random interpolates of real and fake samples."""
@@ -65,4 +62,4 @@ class WGANGP(AdversarialLoss):
         with torch.enable_grad():
             score = discriminator(context.detach(), x)
             (grad,) = torch.autograd.grad(score.sum(), x, create_graph=True)
-        return self.config.gp_weight * wmean((grad.norm(dim=-1) - 1) ** 2, weight)
+        return self.config.gp_weight * weighted_mean((grad.norm(dim=-1) - 1) ** 2, weight)

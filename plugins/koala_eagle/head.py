@@ -17,11 +17,15 @@ from koala_core.errors import ConfigError
 from koala_core.heads import DepthOutput, NeuralHead, TrainBatch, shifted
 from koala_core.interfaces import Candidates, DraftContext
 from koala_core.layers import DecoderLayer, KVCache, LayerShape
+from koala_core.tensors import additive_mask
 from koala_core.tree import Tree
 
 
 class EagleHead(NeuralHead):
     """EAGLE: FC over [token embedding; feature], then K decoder layers predicting the next feature."""
+
+    default_tree = ("dynamic", {})
+    default_loss = "feature"
 
     @dataclass(frozen=True)
     class Config:
@@ -93,10 +97,7 @@ class EagleHead(NeuralHead):
 
     def _mask(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """Additive mask (1, 1, T, S) from a bool 'may attend' over [old slots | new rows]."""
-        allow = torch.cat([old, new], 1)
-        dtype = self.fc.weight.dtype
-        return torch.zeros(allow.shape, dtype=dtype, device=allow.device).masked_fill(
-            ~allow, torch.finfo(dtype).min)[None, None]
+        return additive_mask(torch.cat([old, new], 1), self.fc.weight.dtype)
 
     def expand(self, tree: Tree, nodes: list[int], k: int) -> Candidates:
         need = [n for n in nodes if n not in self.pred]

@@ -19,6 +19,8 @@ from koala_core.tree import Tree
 class HydraHead(NeuralHead):
     """Hydra heads: head k reads h_t and the k path tokens before its target, K blocks each."""
 
+    default_tree = ("static", {"preset": "small"})
+
     @dataclass(frozen=True)
     class Config:
         heads: int = field(default=4, metadata={"help": "draft depth: one head per future token"})

@@ -20,6 +20,8 @@ from koala_core.tree import Tree
 class LookupHead(DraftHead):
     """Training-free n-gram drafter: copies continuations of repeated text from the context."""
 
+    fallback = True  # `--head default` uses it for a model without a trained head
+
     @dataclass(frozen=True)
     class Config:
         max_ngram: int = field(default=3, metadata={"help": "longest suffix n-gram to match"})

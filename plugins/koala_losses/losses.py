@@ -13,10 +13,7 @@ import torch.nn.functional as F
 
 from koala_core.errors import ConfigError
 from koala_core.interfaces import DepthOutput, Loss
-
-
-def weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return (values * weight).sum() / weight.sum().clamp_min(1.0)
+from koala_core.tensors import weighted_mean
 
 
 def token_ce(out: DepthOutput) -> torch.Tensor:

@@ -19,6 +19,8 @@ from koala_core.tree import Tree
 class MedusaHead(NeuralHead):
     """Medusa heads: K residual blocks per head over h_t, each head one token further ahead."""
 
+    default_tree = ("static", {"preset": "small"})
+
     @dataclass(frozen=True)
     class Config:
         heads: int = field(default=4, metadata={"help": "draft depth: one head per future token"})

@@ -16,6 +16,8 @@ from koala_core.tree import Tree, TreeShape
 class GreedyVerifier(Verifier):
     """Lossless at T=0: the longest path that matches the target's argmax, plus its next token."""
 
+    greedy_only = True
+
     def verify(self, tree: Tree, shape: TreeShape, logits: torch.Tensor, sampling: Sampling,
                generator: torch.Generator | None) -> Verdict:
         best = logits.argmax(-1).tolist()  # (n,)
