@@ -54,7 +54,7 @@ class NeuralHead(DraftHead):
         self.register_buffer("lm_rows", target.lm_head.weight.detach()[:n].clone(), persistent=False)
         self.register_buffer("vocab_index", torch.full((vocab,), -1, dtype=torch.long),
                              persistent=False)
-        self._packed_rows: tuple | None = None  # oneDNN copy of lm_rows (inference only)
+        self._packed_rows = None  # a PackedWeight of lm_rows once use_kernels("onednn") is called
         self._index_vocab()
 
     @property
@@ -74,17 +74,17 @@ class NeuralHead(DraftHead):
         self.vocab_index.fill_(-1)
         self.vocab_index[self.vocab_ids] = torch.arange(len(self.vocab_ids),
                                                         device=self.vocab_ids.device)
-        self._packed_rows = None
 
     def use_kernels(self, kernels: str) -> NeuralHead:
         """Draft with the target's kernels: with ``onednn`` (fp32 CPU), every Linear layer and the
-        LM-head rows run through oneDNN like the target's. Inference only (no autograd through
-        them); the weights and the state dict are unchanged."""
+        LM-head rows run through oneDNN like the target's. The weights and the state dict are
+        unchanged; reloading, moving or training the head afterwards stays correct (the packed
+        copies repack on change and step aside when gradients or another device are involved)."""
         if kernels == "onednn" and self.lm_rows.dtype == torch.float32 and self.lm_rows.device.type == "cpu":
-            from .kernels import pack, use_onednn_linears
+            from .kernels import PackedWeight, use_onednn_linears
 
             use_onednn_linears(self)
-            self._packed_rows = pack(self.lm_rows)
+            self._packed_rows = PackedWeight(lambda: self.lm_rows)
         return self
 
     def load_state_dict(self, state, strict: bool = True, assign: bool = False):
@@ -94,10 +94,8 @@ class NeuralHead(DraftHead):
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """(..., D) features -> (..., Vd) logits through the frozen LM-head rows."""
-        if self._packed_rows is not None and not features.requires_grad:
-            from .kernels import packed_linear
-
-            return packed_linear(features, self._packed_rows)
+        if self._packed_rows is not None and self._packed_rows.usable(features):
+            return self._packed_rows(features)
         return features @ self.lm_rows.to(features.dtype).T
 
     def to_draft(self, labels: torch.Tensor) -> torch.Tensor:

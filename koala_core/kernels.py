@@ -23,18 +23,56 @@ def onednn_available() -> bool:
     return bool(torch.backends.mkldnn.is_available())
 
 
+class PackedWeight:
+    """A oneDNN copy of a (weight, bias) pair that is never stale.
+
+    It repacks when the weight or bias changed in place (``load_state_dict``, an optimizer step),
+    was replaced, moved to another device or cast to another dtype, and it is used only for fp32
+    CPU inputs that need no gradient: anything else (training, CUDA, bf16) takes the plain dense
+    path, so gradients and devices behave exactly as without it.
+    """
+
+    def __init__(self, weight_of, bias_of=lambda: None) -> None:
+        self._weight_of, self._bias_of = weight_of, bias_of  # callables: the module's live tensors
+        self._key: tuple | None = None
+        self._packed: tuple | None = None
+
+    @staticmethod
+    def _stamp(t: torch.Tensor | None) -> tuple:
+        return () if t is None else (t.data_ptr(), t._version, t.device.type, t.dtype)
+
+    def usable(self, x: torch.Tensor) -> bool:
+        w = self._weight_of()
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
+        return (not needs_grad and x.device.type == "cpu" and x.dtype == torch.float32
+                and w.device.type == "cpu" and w.dtype == torch.float32)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ weight.T + bias``: oneDNN when :meth:`usable`, else the dense path."""
+        w, b = self._weight_of(), self._bias_of()
+        if not self.usable(x):
+            return torch.nn.functional.linear(x, w.to(x.dtype), None if b is None else b.to(x.dtype))
+        key = (self._stamp(w), self._stamp(b))
+        if key != self._key:
+            self._packed, self._key = pack(w, b), key
+        return packed_linear(x, self._packed)
+
+
 class OneDNNLinear(nn.Module):
-    """Inference-only stand-in for an fp32 CPU ``nn.Linear`` (no autograd through it)."""
+    """Stand-in for an fp32 CPU ``nn.Linear``: oneDNN at inference, the same weights everywhere.
+
+    The weight and bias stay this module's parameters (shared with the Linear it replaced), so
+    state dicts, optimizers and ``.to()`` see them as before; see :class:`PackedWeight`."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
-        self._packed = pack(linear.weight, linear.bias)
+        self._packed = PackedWeight(lambda: self.weight, lambda: self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return packed_linear(x, self._packed)
+        return self._packed(x)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, onednn"
@@ -42,7 +80,7 @@ class OneDNNLinear(nn.Module):
 
 def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple:
     """A (weight, bias) pair in oneDNN's own layout for :func:`packed_linear`. mkldnn tensors
-    cannot be buffers of a state dict: callers keep the pair as a private attribute."""
+    cannot be buffers of a state dict: callers keep it in a :class:`PackedWeight`."""
     with torch.no_grad():
         if bias is None:
             bias = torch.zeros(weight.shape[0])
@@ -58,7 +96,8 @@ def packed_linear(x: torch.Tensor, packed: tuple) -> torch.Tensor:
 
 
 def use_onednn_linears(model: nn.Module) -> int:
-    """Swap every fp32 CPU ``nn.Linear`` in ``model`` for :class:`OneDNNLinear`; returns how many."""
+    """Swap every fp32 CPU ``nn.Linear`` in ``model`` for :class:`OneDNNLinear`; returns how many.
+    Safe to train, reload or move afterwards: the packed copies follow the weights."""
     swapped = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):

@@ -85,3 +85,50 @@ def test_heads_draft_alike_with_onednn_kernels(registry, family):
     assert got == ref and proposals == before
     assert state.keys() == head.state_dict().keys()
     assert all(torch.equal(state[k], v) for k, v in head.state_dict().items())
+
+
+@pytest.mark.parametrize("family", ["medusa", "hydra", "eagle"])
+def test_packed_heads_never_go_stale(registry, family):
+    """After use_kernels: reloading weights, training and casting all behave as without kernels
+    (the packed copies repack on change and step aside for autograd and other dtypes)."""
+    from conftest import tiny_target
+    from koala_core.heads import TrainBatch
+
+    target = tiny_target()
+
+    def make(seed):
+        torch.manual_seed(seed)
+        head = registry.create("heads", family, {"layers": 2, "draft_vocab": 64}, target=target)
+        with torch.no_grad():
+            for p in head.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        return head
+
+    g = torch.Generator().manual_seed(0)
+    batch = TrainBatch(torch.randint(2, 96, (2, 10), generator=g), torch.randn(2, 10, 32, generator=g),
+                       torch.randint(2, 96, (2, 10), generator=g), torch.ones(2, 10))
+
+    def logits(head, grad=False):
+        with torch.set_grad_enabled(grad):
+            return torch.cat([o.logits for o in head.train_outputs(batch)])
+
+    packed, other = make(0).use_kernels("onednn"), make(1)
+    logits(packed)  # packs the first weights
+    packed.load_state_dict(other.state_dict())
+    torch.testing.assert_close(logits(packed), logits(other), atol=1e-5, rtol=1e-5)
+    # training through the packed head: the same gradients as the plain one
+    logits(packed, grad=True).square().mean().backward()
+    logits(other, grad=True).square().mean().backward()
+    for (name, a), (_, b) in zip(packed.named_parameters(), other.named_parameters()):
+        assert a.grad is not None, name
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4)
+    # an optimizer step changes the weights in place: the next forward sees the new ones
+    with torch.no_grad():
+        for a, b in zip(packed.parameters(), other.parameters()):
+            a.sub_(0.1 * a.grad)
+            b.sub_(0.1 * b.grad)
+    torch.testing.assert_close(logits(packed), logits(other), atol=1e-5, rtol=1e-5)
+    packed.to(torch.float64)
+    other.to(torch.float64)
+    batch.hidden = batch.hidden.double()
+    torch.testing.assert_close(logits(packed), logits(other), atol=1e-6, rtol=1e-6)
