@@ -459,9 +459,12 @@ def evaluate(checkpoint, data, split, window, model, kernels, as_json) -> None:
               help="Comma-separated token counts to verify.")
 @click.option("--context", default=256, show_default=True, help="Tokens already in the KV cache.")
 @click.option("--repeats", default=7, show_default=True)
+@click.option("--shape", default="tree", show_default=True, type=click.Choice(["tree", "chain"]),
+              help="tree: n nodes of a binary tree with its tree mask (what verifying a tree runs); "
+              "chain: n causal tokens.")
 @kernels_option
 @click.option("--json", "as_json", is_flag=True)
-def cost(model, device, dtype, sizes, context, repeats, kernels, as_json) -> None:
+def cost(model, device, dtype, sizes, context, repeats, shape, kernels, as_json) -> None:
     """Measure the verify cost curve: one target forward over n tokens vs a decode step."""
     import torch
 
@@ -475,13 +478,15 @@ def cost(model, device, dtype, sizes, context, repeats, kernels, as_json) -> Non
     if not ns or min(ns) < 1:
         raise ConfigError("--sizes needs positive token counts")
     target = load_target(model, device=device, dtype=dtype, kernels=kernels)
-    rows = verify_cost_curve(target, ns, context=context, repeats=repeats, progress=not as_json)
+    rows = verify_cost_curve(target, ns, context=context, repeats=repeats, progress=not as_json,
+                             shape=shape)
     if as_json:
-        click.echo(json.dumps({"model": model, "dtype": dtype, "device": device, "kernels": target.kernels,
+        click.echo(json.dumps({"model": model, "dtype": dtype, "device": device, "shape": shape,
+                               "kernels": target.kernels,
                                "threads": torch.get_num_threads(), "context": context,
                                "rows": rows}, indent=2))
         return
-    click.echo(f"verify cost, {model} {dtype} ({target.kernels} kernels) on {device} "
+    click.echo(f"verify cost ({shape}), {model} {dtype} ({target.kernels} kernels) on {device} "
                f"({torch.get_num_threads()} threads), "
                f"{context}-token cache, median of {repeats}")
     click.echo("   n      ms   (min-max)   x decode step")

@@ -28,9 +28,35 @@ def test_bench_results_have_every_field(tmp_path, registry):
         assert set(m["speedup"]) == {"median", "min", "max", "mean"}
         assert m["tokens_per_s"] > 0
     assert by_name["lookup"]["identical_to_vanilla"] == 1.0
-    assert by_name["lookup"]["tau"] >= 1.0 and by_name["lookup"]["accept_histogram"]
+    assert by_name["lookup"]["tau"] > 1.0 and by_name["lookup"]["accept_histogram"]
     assert by_name["hf-lookup"]["tau"] is None
     assert set(saved["by_category"]) == {"x", "y"}
     assert (tmp_path / "out" / "results.md").read_text().count("|") > 10
     assert (tmp_path / "out" / "speedup.png").is_file()
     assert (tmp_path / "out" / "acceptance.png").is_file()
+
+
+def test_bench_at_temperature_reports_acceptance_without_claiming_identity(registry):
+    """At T>0 outputs are samples: no identity column, the default verifier is exact sampling
+    (never greedy), and hf-lookup samples too."""
+    import pytest
+
+    from koala_core.errors import ConfigError
+    from koala_core.sampling import Sampling
+
+    target = tiny_target()
+    lookup = SpeculativeEngine(target, registry.create("heads", "lookup"))
+    methods = [Method("vanilla", SpeculativeEngine(target)), Method("lookup", lookup),
+               Method("hf-lookup", hf_target=target)]
+    config = GenerationConfig(16, sampling=Sampling(0.8), seed=3, stop_at_eos=False)
+    results = run_bench(methods, target, [{"prompt": "t5 t6 t7 t5 t6 t7"}], config, progress=False)
+    for m in results["methods"]:
+        assert m["identical_to_vanilla"] is None and m["lossy"] is False
+    assert lookup.verifier_name(config.sampling) == "rejection"
+    assert lookup.verifier_name(Sampling()) == "greedy"
+    assert results["methods"][1]["tau"] is not None
+    greedy = SpeculativeEngine(target, registry.create("heads", "lookup"),
+                               verifier=registry.create("verifiers", "greedy"))
+    with pytest.raises(ConfigError, match="temperature 0"):
+        run_bench([methods[0], Method("greedy", greedy)], target, [{"prompt": "t5 t6"}], config,
+                  progress=False)

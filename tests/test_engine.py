@@ -105,3 +105,24 @@ def test_never_runs_past_context(target):
     prompt = [3] * (target.max_length - 5)
     result = SpeculativeEngine(target).generate(prompt, GenerationConfig(50, stop_at_eos=False))
     assert result.new_tokens == 5
+
+
+def test_cost_curve_times_tree_masked_forwards(target, monkeypatch):
+    """`koala cost` must time what verify runs: a tree mask and per-node positions for n > 1."""
+    from koala_core.costs import verify_cost_curve
+
+    calls = []
+    forward = target.forward
+
+    def spy(ids, cache, positions=None, tree_mask=None):
+        calls.append((ids.shape[0], tree_mask is not None))
+        return forward(ids, cache, positions, tree_mask)
+
+    monkeypatch.setattr(target, "forward", spy)
+    rows = verify_cost_curve(target, [1, 4, 8], context=16, repeats=1, warmup=0)
+    assert [r["n"] for r in rows] == [1, 4, 8] and rows[0]["ratio"] == 1.0
+    timed = calls[1:]  # the first call fills the context
+    assert (1, False) in timed and (4, True) in timed and (8, True) in timed
+    calls.clear()
+    verify_cost_curve(target, [4], context=16, repeats=1, warmup=0, shape="chain")
+    assert (4, False) in calls[1:]
