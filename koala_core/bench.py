@@ -48,6 +48,18 @@ def load_prompts(spec: str) -> list[dict]:
     return read_jsonl_prompts(spec)
 
 
+def select_prompts(spec: str, offset: int = 0, limit: int | None = None) -> list[dict]:
+    """The prompts of ``spec`` after ``offset``: ``limit`` of them (None: 10 of a built-in set,
+    every prompt of a user's file; 0: all)."""
+    if limit is None:
+        limit = 10 if spec in BUILTIN_PROMPTS else 0
+    prompts = load_prompts(spec)[offset:]
+    prompts = prompts[:limit] if limit else prompts
+    if not prompts:
+        raise ConfigError("no prompts left after --offset/--limit")
+    return prompts
+
+
 @dataclass
 class MethodRun:
     """One method on one prompt."""

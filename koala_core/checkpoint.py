@@ -24,14 +24,14 @@ REQUIRED = ("format", "plugin", "head_config", "target")
 
 def save_head(head, folder: str | Path, plugin: str, recipe: dict | None = None,
               metrics: dict | None = None, dtype: torch.dtype = torch.bfloat16,
-              tree: tuple[str, dict] | None = None) -> Path:
+              tree: tuple[str, dict] | None = None, registry=None) -> Path:
     """Save a trainable head's weights (cast to ``dtype``) and metadata; ``tree`` is the tree policy
     recorded for inference (default: the head's own ``default_tree``)."""
     from safetensors.torch import save_file
 
     from .registry import default_registry
 
-    info = default_registry().get("heads", plugin)
+    info = (registry or default_registry()).get("heads", plugin)
     state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
              for k, v in head.state_dict().items()}
     meta = {

@@ -9,6 +9,7 @@ import click
 
 from . import __version__
 from .errors import ConfigError, KoalaError
+from .server import ServeConfig as ServeDefaults
 
 
 class KoalaGroup(click.Group):
@@ -274,6 +275,66 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
 
 
 @main.command()
+@click.option("--model", default="default", show_default=True,
+              help="'default' (SmolLM2-135M-Instruct), an HF model folder or a .gguf file.")
+@click.option("--head", default="default", show_default=True,
+              help="Draft head plugin; 'default' = the best shipped checkpoint; 'none' = plain.")
+@click.option("--checkpoint", default=None, help="A trained head checkpoint folder.")
+@click.option("--head-option", "head_options", multiple=True, metavar="KEY=VALUE")
+@click.option("--tree", default=None, help="Tree policy (default: the checkpoint's, else the head's).")
+@click.option("--tree-option", "tree_options", multiple=True, metavar="KEY=VALUE")
+@click.option("--verifier", default=None, help="Default: greedy at T=0, rejection at T>0, per request.")
+@click.option("--recipe", default=None, help="A recipe from `koala compose` (head, tree, verifier).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="float32", show_default=True)
+@kernels_option
+@click.option("--host", default=ServeDefaults.host, show_default=True,
+              help="Address to bind (127.0.0.1: this machine only).")
+@click.option("--port", default=ServeDefaults.port, show_default=True)
+@click.option("--api-key", default=None, envvar="KOALA_API_KEY",
+              help="Require 'Authorization: Bearer KEY' (also $KOALA_API_KEY).")
+@click.option("--served-model-name", default=ServeDefaults.served_model_name, show_default=True,
+              help="The model id clients send.")
+@click.option("--max-queue", default=ServeDefaults.max_queue, show_default=True,
+              help="Requests that may wait for the engine; one more gets HTTP 429.")
+@click.option("--timeout", default=ServeDefaults.timeout, show_default=True,
+              help="Seconds a request may wait and run in all.")
+def serve(model, head, checkpoint, head_options, tree, tree_options, verifier, recipe, device, dtype,
+          kernels, host, port, api_key, served_model_name, max_queue, timeout) -> None:
+    """Serve the OpenAI API (chat and completions, streaming or not) with speculative decoding."""
+    try:
+        import starlette  # noqa: F401  (the serve extra)
+        import uvicorn  # noqa: F401
+
+        from .server import ServeConfig, serve as run_server
+    except ImportError as exc:
+        raise ConfigError(f"koala serve needs its extra: pip install 'koala[serve]' ({exc})") from None
+    from .compose import build_engine
+
+    if recipe:
+        from .compose import recipe_engine_args
+        from .recipe import load_recipe
+
+        _refuse_with_recipe(click.get_current_context(), ("model", "head", "head_options", "tree",
+                                                          "tree_options", "verifier"))
+        args = recipe_engine_args(load_recipe(recipe), checkpoint)
+        args.pop("sampling")
+    else:
+        args = {"model": model, "head": head, "checkpoint": checkpoint,
+                "head_options": _parse_options(head_options, "--head-option"), "tree": tree,
+                "tree_options": _parse_options(tree_options, "--tree-option"), "verifier": verifier}
+    if max_queue < 1 or timeout <= 0:
+        raise ConfigError("--max-queue must be >= 1 and --timeout > 0")
+    engine = build_engine(**args, device=device, dtype=dtype, kernels=kernels)
+    config = ServeConfig(host=host, port=port, served_model_name=served_model_name, api_key=api_key,
+                         max_queue=max_queue, timeout=timeout)
+    drafter = type(engine.head).__name__ if engine.head is not None else "none (plain decoding)"
+    click.echo(f"koala serve: http://{host}:{port}/v1 (model id {served_model_name!r}, "
+               f"head {drafter}); Ctrl-C stops", err=True)
+    run_server(engine, config)
+
+
+@main.command()
 @click.option("--prompts", "prompt_spec", default="mtbench", show_default=True,
               help="mtbench | gsm8k | a JSONL file with 'prompt' (or 'turns'), optional 'id', 'category'.")
 @click.option("--methods", default="vanilla,lookup,hf-lookup,default", show_default=True,
@@ -292,7 +353,7 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
 def bench(prompt_spec, methods, limit, offset, max_new_tokens, temperature, repeats, model, device,
           dtype, kernels, out) -> None:
     """Compare methods side by side (interleaved, one process): tau, speedup, identity."""
-    from .bench import BUILTIN_PROMPTS, load_prompts, run_bench, write_report
+    from .bench import run_bench, select_prompts, write_report
     from .compose import build_method
     from .engine import GenerationConfig
     from .model import load_target
@@ -302,12 +363,7 @@ def bench(prompt_spec, methods, limit, offset, max_new_tokens, temperature, repe
     if "vanilla" in names:
         names.remove("vanilla")
     names = ["vanilla"] + names
-    if limit is None:
-        limit = 10 if prompt_spec in BUILTIN_PROMPTS else 0
-    prompts = load_prompts(prompt_spec)[offset:]
-    prompts = prompts[:limit] if limit else prompts
-    if not prompts:
-        raise ConfigError("no prompts left after --offset/--limit")
+    prompts = select_prompts(prompt_spec, offset, limit)
     config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=Sampling(temperature), seed=0)
     target = load_target(model, device=device, dtype=dtype, kernels=kernels)
     method_objs = [build_method(n, target) for n in names]
@@ -394,7 +450,7 @@ def ablate(data, out, families, layers, head_options, tree, tree_options, steps,
            max_new_tokens, model, kernels) -> None:
     """KOALA ablation: each family x K x {supervised, +adversarial}; table + PNG (resumable)."""
     from .ablation import AblationConfig, run_ablation
-    from .bench import load_prompts
+    from .bench import select_prompts
     from .engine import GenerationConfig
     from .model import load_target
     from .registry import default_registry
@@ -413,9 +469,7 @@ def ablate(data, out, families, layers, head_options, tree, tree_options, steps,
         head_options=_parse_options(head_options, "--head-option"),
         tree=(tree, _parse_options(tree_options, "--tree-option")) if tree else None)
     config.runs(default_registry())  # unknown families fail before the model loads
-    prompts = load_prompts(prompt_spec)[offset:][:limit]
-    if not prompts:
-        raise ConfigError("no prompts left after --offset/--limit")
+    prompts = select_prompts(prompt_spec, offset, limit)
     target = load_target(model, kernels=kernels)
     run_ablation(target, data, out, config, prompts, GenerationConfig(max_new_tokens=max_new_tokens))
     click.echo(open(f"{out}/ablation.md").read())

@@ -29,6 +29,7 @@ class GenerationConfig:
     seed: int | None = None
     max_tree_nodes: int = 64  # hard cap on drafted nodes per step, whatever the policy asks
     stop_at_eos: bool = True
+    eos_token_ids: frozenset[int] | None = None  # None: the target's own end-of-sequence tokens
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -170,7 +171,9 @@ class SpeculativeEngine:
             generator = torch.Generator(device=device)
             generator.manual_seed(config.seed if config.seed is not None else
                                   int(torch.randint(0, 2**62, (1,))))
-        eos = target.eos_token_ids if config.stop_at_eos else frozenset()
+        eos = frozenset()
+        if config.stop_at_eos:
+            eos = target.eos_token_ids if config.eos_token_ids is None else config.eos_token_ids
         # never run past the model's context
         max_new = min(config.max_new_tokens, target.max_length - len(prompt_ids))
 

@@ -14,8 +14,16 @@ def encode_prompt(tokenizer, text: str, raw: bool = False) -> list[int]:
         raise PromptError("the prompt is empty: pass some text (or '-' to read it from stdin)")
     if raw or not getattr(tokenizer, "chat_template", None):
         return list(tokenizer(text, add_special_tokens=True)["input_ids"])
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                        add_generation_prompt=True, tokenize=True)
+    return encode_chat(tokenizer, [{"role": "user", "content": text}])
+
+
+def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a conversation in the tokenizer's chat template, ready for the assistant."""
+    if not any(m.get("content", "").strip() for m in messages):
+        raise PromptError("the messages are empty: give at least one non-empty message")
+    if not getattr(tokenizer, "chat_template", None):
+        raise PromptError("this model's tokenizer has no chat template; send a raw prompt")
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if hasattr(ids, "keys"):  # BatchEncoding in some versions
         ids = ids["input_ids"]
     return [int(i) for i in ids]

@@ -188,7 +188,7 @@ def train(target, data: str | Path, out: str | Path, config: TrainConfig = Train
     recipe = {"train": dataclasses.asdict(config), "loss": loss_name, "data": data_summary(data)}
     if adversary is None:
         recipe["train"].pop("adversary")
-    save_head(head, out, config.head, recipe=recipe, metrics=metrics, tree=tree)
+    save_head(head, out, config.head, recipe=recipe, metrics=metrics, tree=tree, registry=reg)
     save_train_state(state_dir, head, opt, gen, step, config, adversary)
     return metrics
 
