@@ -74,34 +74,62 @@ def kernels_option(fn):
                              "torch: PyTorch's defaults.")(fn)
 
 
+def engine_options(fn):
+    """The options that choose an engine (model, head, tree, verifier, recipe, device), shared by
+    every command that builds one."""
+    options = [
+        click.option("--model", default="default", show_default=True,
+                     help="'default' (SmolLM2-135M-Instruct), an HF model folder or a .gguf file."),
+        click.option("--head", default="default", show_default=True,
+                     help="Draft head plugin; 'default' = the best shipped checkpoint (else a "
+                          "training-free fallback head); 'none' for plain decoding."),
+        click.option("--checkpoint", default=None, help="A trained head checkpoint folder."),
+        click.option("--head-option", "head_options", multiple=True, metavar="KEY=VALUE",
+                     help="Option of the head (repeatable)."),
+        click.option("--tree", default=None,
+                     help="Tree policy plugin (default: the checkpoint's, else the head's own)."),
+        click.option("--tree-option", "tree_options", multiple=True, metavar="KEY=VALUE",
+                     help="Option of the tree policy (repeatable), e.g. depth=4 or preset=medium."),
+        click.option("--verifier", default=None,
+                     help="greedy | rejection (lossless) | typical (LOSSY). Default: greedy at "
+                          "T=0, rejection at T>0."),
+        click.option("--recipe", default=None, help="A recipe from `koala compose` (head or "
+                     "checkpoint, tree, verifier, temperature, model)."),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto."),
+        click.option("--dtype", default="float32", show_default=True,
+                     help="float32 (exact) or bfloat16 (faster; not bit-exact against plain "
+                          "decoding)."),
+        kernels_option,
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def engine_args(model, head, checkpoint, head_options, tree, tree_options, verifier, recipe,
+                refuse: tuple[str, ...] = ()) -> dict:
+    """build_engine keyword arguments from the engine options (or from --recipe, whose choices
+    the flags may not contradict); ``sampling`` is included only for a recipe."""
+    if recipe:
+        from .compose import recipe_engine_args
+        from .recipe import load_recipe
+
+        _refuse_with_recipe(click.get_current_context(), ("model", "head", "head_options", "tree",
+                                                          "tree_options", "verifier", *refuse))
+        return recipe_engine_args(load_recipe(recipe), checkpoint)
+    return {"model": model, "head": head, "checkpoint": checkpoint,
+            "head_options": _parse_options(head_options, "--head-option"), "tree": tree,
+            "tree_options": _parse_options(tree_options, "--tree-option"), "verifier": verifier}
+
+
 @main.command()
 @click.argument("prompt")
-@click.option("--model", default="default", show_default=True,
-              help="'default' (SmolLM2-135M-Instruct), an HF model folder or a .gguf file.")
-@click.option("--head", default="default", show_default=True,
-              help="Draft head plugin; 'default' = the best shipped checkpoint (lookup if none); "
-                   "'none' for plain decoding.")
-@click.option("--checkpoint", default=None, help="A trained head checkpoint folder.")
-@click.option("--head-option", "head_options", multiple=True, metavar="KEY=VALUE",
-              help="Option of the head (repeatable).")
-@click.option("--tree", default=None,
-              help="Tree policy plugin (default: the checkpoint's choice, else chain).")
-@click.option("--tree-option", "tree_options", multiple=True, metavar="KEY=VALUE",
-              help="Option of the tree policy (repeatable), e.g. depth=4 or preset=medium.")
-@click.option("--verifier", default=None,
-              help="greedy | rejection (lossless) | typical (LOSSY). Default: greedy at T=0, "
-                   "rejection at T>0.")
+@engine_options
 @click.option("--temperature", default=0.0, show_default=True, type=float)
 @click.option("--top-k", default=0, show_default=True, type=int, help="0 = no top-k truncation.")
 @click.option("--top-p", default=1.0, show_default=True, type=float)
 @click.option("--max-new-tokens", default=128, show_default=True, type=int)
 @click.option("--seed", default=None, type=int, help="Seed for sampling at T>0.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
-@click.option("--dtype", default="float32", show_default=True,
-              help="float32 (exact) or bfloat16 (faster; not bit-exact against plain decoding).")
-@kernels_option
-@click.option("--recipe", default=None, help="A recipe from `koala compose` (head/checkpoint, tree, "
-              "verifier, temperature, model).")
 @click.option("--raw", is_flag=True, help="Do not wrap the prompt in the chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
 def generate(prompt, model, head, checkpoint, head_options, tree, tree_options, verifier, temperature, top_k,
@@ -114,19 +142,9 @@ def generate(prompt, model, head, checkpoint, head_options, tree, tree_options, 
 
     if prompt == "-":
         prompt = sys.stdin.read()
-    sampling = Sampling(temperature, top_k, top_p)
-    if recipe:
-        from .compose import recipe_engine_args
-        from .recipe import load_recipe
-
-        _refuse_with_recipe(click.get_current_context(), ("model", "head", "head_options", "tree",
-                                                          "tree_options", "verifier", "temperature"))
-        args = recipe_engine_args(load_recipe(recipe), checkpoint)
-        sampling = Sampling(args.pop("sampling").temperature, top_k, top_p)
-    else:
-        args = {"model": model, "head": head, "checkpoint": checkpoint,
-                "head_options": _parse_options(head_options, "--head-option"), "tree": tree,
-                "tree_options": _parse_options(tree_options, "--tree-option"), "verifier": verifier}
+    args = engine_args(model, head, checkpoint, head_options, tree, tree_options, verifier, recipe,
+                       refuse=("temperature",))
+    sampling = Sampling(args.pop("sampling").temperature if recipe else temperature, top_k, top_p)
     config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
     engine = build_engine(**args, sampling=sampling, device=device, dtype=dtype, kernels=kernels)
     tokenizer = engine.target.tokenizer
@@ -275,19 +293,7 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
 
 
 @main.command()
-@click.option("--model", default="default", show_default=True,
-              help="'default' (SmolLM2-135M-Instruct), an HF model folder or a .gguf file.")
-@click.option("--head", default="default", show_default=True,
-              help="Draft head plugin; 'default' = the best shipped checkpoint; 'none' = plain.")
-@click.option("--checkpoint", default=None, help="A trained head checkpoint folder.")
-@click.option("--head-option", "head_options", multiple=True, metavar="KEY=VALUE")
-@click.option("--tree", default=None, help="Tree policy (default: the checkpoint's, else the head's).")
-@click.option("--tree-option", "tree_options", multiple=True, metavar="KEY=VALUE")
-@click.option("--verifier", default=None, help="Default: greedy at T=0, rejection at T>0, per request.")
-@click.option("--recipe", default=None, help="A recipe from `koala compose` (head, tree, verifier).")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--dtype", default="float32", show_default=True)
-@kernels_option
+@engine_options
 @click.option("--host", default=ServeDefaults.host, show_default=True,
               help="Address to bind (127.0.0.1: this machine only).")
 @click.option("--port", default=ServeDefaults.port, show_default=True)
@@ -302,27 +308,16 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
 def serve(model, head, checkpoint, head_options, tree, tree_options, verifier, recipe, device, dtype,
           kernels, host, port, api_key, served_model_name, max_queue, timeout) -> None:
     """Serve the OpenAI API (chat and completions, streaming or not) with speculative decoding."""
-    try:
-        import starlette  # noqa: F401  (the serve extra)
-        import uvicorn  # noqa: F401
+    import importlib.util
 
-        from .server import ServeConfig, serve as run_server
-    except ImportError as exc:
-        raise ConfigError(f"koala serve needs its extra: pip install 'koala[serve]' ({exc})") from None
+    missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"koala serve needs {', '.join(missing)}: pip install 'koala[serve]'")
+    from .server import ServeConfig, serve as run_server
     from .compose import build_engine
 
-    if recipe:
-        from .compose import recipe_engine_args
-        from .recipe import load_recipe
-
-        _refuse_with_recipe(click.get_current_context(), ("model", "head", "head_options", "tree",
-                                                          "tree_options", "verifier"))
-        args = recipe_engine_args(load_recipe(recipe), checkpoint)
-        args.pop("sampling")
-    else:
-        args = {"model": model, "head": head, "checkpoint": checkpoint,
-                "head_options": _parse_options(head_options, "--head-option"), "tree": tree,
-                "tree_options": _parse_options(tree_options, "--tree-option"), "verifier": verifier}
+    args = engine_args(model, head, checkpoint, head_options, tree, tree_options, verifier, recipe)
+    args.pop("sampling", None)  # each request brings its own
     if max_queue < 1 or timeout <= 0:
         raise ConfigError("--max-queue must be >= 1 and --timeout > 0")
     engine = build_engine(**args, device=device, dtype=dtype, kernels=kernels)

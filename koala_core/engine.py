@@ -148,21 +148,19 @@ class SpeculativeEngine:
         verifier = self.verifier_for(sampling)
         return getattr(verifier, "plugin_name", type(verifier).__name__)
 
-    def check_prompt(self, prompt_ids: list[int], max_new_tokens: int) -> None:
+    def check_prompt(self, prompt_ids: list[int]) -> None:
         if len(prompt_ids) == 0:
             raise PromptError("the prompt is empty: give at least one token of text")
         limit = self.target.max_length
         if len(prompt_ids) >= limit:
             raise PromptError(f"the prompt has {len(prompt_ids)} tokens but the model's context is "
                               f"{limit}: shorten it to leave room for new tokens")
-        if max_new_tokens < 1:
-            raise PromptError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
 
     @torch.inference_mode()
     def stream(self, prompt_ids: list[int], config: GenerationConfig = GenerationConfig()
                ) -> Iterator[Step]:
         """Yield one :class:`Step` per target forward, prefill first."""
-        self.check_prompt(prompt_ids, config.max_new_tokens)
+        self.check_prompt(prompt_ids)
         target, sampling = self.target, config.sampling
         verifier = self.verifier_for(sampling)
         device = target.device
@@ -184,16 +182,19 @@ class SpeculativeEngine:
         emitted = 1
         yield Step([root], 0, 0, prefill=True, verify_s=time.perf_counter() - t0)
         tokens = list(prompt_ids) + [root]
+        unseen = hidden  # (a, D): states that entered the cache since the head last drafted
         step = 0
+        policy = self.tree_policy
         while emitted < max_new and root not in eos:
             room = max_new - emitted  # tokens still allowed; a step emits accepted + 1
             budget = TreeBudget(max_nodes=config.max_tree_nodes, max_depth=max(0, room - 1))
             t0 = time.perf_counter()
-            if self.head is not None and budget.max_depth > 0:
-                ctx = DraftContext(tokens, hidden, budget, sampling, step)
+            if self.head is not None and budget.max_depth > 0 and policy.should_draft(step):
+                ctx = DraftContext(tokens, unseen, budget, sampling, step)
                 self.head.begin(ctx)
-                tree = self.tree_policy.build(self.head, ctx)
-            else:
+                tree = policy.build(self.head, ctx)
+                unseen = None
+            else:  # plain decoding this step (no head, no room, or the policy's choice)
                 tree = Tree(root)
             shape = tree.shape()
             t1 = time.perf_counter()
@@ -208,8 +209,11 @@ class SpeculativeEngine:
             verdict = verifier.verify(tree, shape, logits, sampling, generator)
             target.keep(cache, past, verdict.path)
             hidden = hidden[verdict.path]  # (a, D): states of the tokens now in the cache
+            unseen = hidden if unseen is None else torch.cat([unseen, hidden])
             new = [tree.tokens[i] for i in verdict.path[1:]] + [verdict.bonus]
             t2 = time.perf_counter()
+            if policy is not None:
+                policy.observe(tree, verdict.path, t1 - t0, t2 - t1)
             out = []
             for tok in new[:room]:
                 out.append(tok)

@@ -36,9 +36,10 @@ class DraftContext:
 
     tokens: every token so far (prompt + generated), ending with the root, the target's last choice
         whose keys/values are not yet in the cache.
-    hidden: (a, D) the target's final hidden states of the ``a`` tokens that entered the KV cache in
-        the last forward (the prompt after prefill; root + accepted drafts after a verify). The last
-        row is the state that predicted the root.
+    hidden: (a, D) the target's final hidden states of the ``a`` tokens that entered the KV cache
+        since the head last drafted (the prompt after prefill; root + accepted drafts after a
+        verify; several steps' worth when the tree policy skipped drafting). The last row is the
+        state that predicted the root.
     budget: the tree limits for this step.
     sampling: the sampling settings of this generation.
     step: 0 right after prefill, then 1, 2, ...
@@ -109,6 +110,16 @@ class TreePolicy(abc.ABC):
     @abc.abstractmethod
     def build(self, head: DraftHead, ctx: DraftContext) -> Tree:
         """A tree rooted at ``ctx.root`` within ``ctx.budget``."""
+
+    def should_draft(self, step: int) -> bool:
+        """Whether to draft at all at decode step ``step``; False makes it a plain decoding step
+        (the head's ``begin`` is skipped too, and sees the skipped states at its next call)."""
+        return True
+
+    def observe(self, tree: Tree, path: list[int], draft_s: float, verify_s: float) -> None:
+        """Learn from the step just verified: the tree, the accepted ``path`` (node indices, root
+        first), and the seconds spent drafting (begin + build) and verifying (target forward,
+        verifier, cache update). Called after every decode step, drafted or not."""
 
 
 @dataclass(frozen=True)

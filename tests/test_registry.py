@@ -29,7 +29,7 @@ def plugin_module(name: str, verifier_names: list[str]):
 def test_builtins_come_from_entry_points(registry):
     assert registry.names("heads") == ["eagle", "hydra", "lookup", "medusa"]
     assert registry.names("losses") == ["ce", "feature", "kd"]
-    assert registry.names("tree_policies") == ["chain", "dynamic", "static"]
+    assert registry.names("tree_policies") == ["auto", "chain", "dynamic", "static"]
     assert registry.names("verifiers") == ["greedy", "rejection", "typical"]
     info = registry.get("verifiers", "greedy")
     assert info.package == "koala" and info.version
