@@ -161,6 +161,9 @@ def run_bench(methods: list[Method], target, prompts: list[dict], config, repeat
     lossy = {m.name: m.lossy(config) for m in methods}
     results = {"methods": [summarize(m.name, runs[m.name], base, lossy[m.name], exact)
                            for m in methods]}
+    for m, row in zip(methods, results["methods"]):  # what an adaptive tree policy chose
+        policy = getattr(m.engine, "tree_policy", None)
+        row["tree"] = policy.summary() if hasattr(policy, "summary") else None
     cats = sorted({p.get("category") or "" for p in prompts})
     if len(cats) > 1:
         results["by_category"] = {}

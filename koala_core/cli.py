@@ -132,8 +132,11 @@ def engine_args(model, head, checkpoint, head_options, tree, tree_options, verif
 @click.option("--seed", default=None, type=int, help="Seed for sampling at T>0.")
 @click.option("--raw", is_flag=True, help="Do not wrap the prompt in the chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
+@click.option("--verbose", is_flag=True, help="Also print what the tree policy chose (e.g. auto's "
+              "tree sizes, measured costs, and how often it drafted).")
 def generate(prompt, model, head, checkpoint, head_options, tree, tree_options, verifier, temperature, top_k,
-             top_p, max_new_tokens, seed, device, dtype, kernels, recipe, raw, as_json) -> None:
+             top_p, max_new_tokens, seed, device, dtype, kernels, recipe, raw, as_json,
+             verbose) -> None:
     """Generate a reply to PROMPT ('-' reads stdin), speculatively unless --head none."""
     from .compose import build_engine
     from .engine import GenerationConfig
@@ -170,6 +173,7 @@ def generate(prompt, model, head, checkpoint, head_options, tree, tree_options, 
             "target_forwards": result.target_forwards, "tau": round(result.tau, 4),
             "seconds": round(result.seconds, 4), "tokens_per_s": round(result.tokens_per_s, 3),
             "verifier": verifier_name, "lossy": lossy,
+            **({"tree": policy_summary(engine)} if verbose else {}),
         }))
         return
     click.echo(text[len(shown):])
@@ -177,6 +181,19 @@ def generate(prompt, model, head, checkpoint, head_options, tree, tree_options, 
                f"{result.tokens_per_s:.1f} tokens/s | verifier {verifier_name}"
                + (" (LOSSY: output may differ from the target's distribution)" if lossy else "")
                + "]", err=True)
+    if verbose:
+        click.echo(f"[tree policy: {json.dumps(policy_summary(engine))}]", err=True)
+
+
+def policy_summary(engine) -> dict | None:
+    """What the engine's tree policy reports about its choices (None: it reports nothing)."""
+    policy = engine.tree_policy
+    if policy is None:
+        return None
+    if hasattr(policy, "summary"):
+        return policy.summary()
+    return {"policy": getattr(policy, "plugin_name", type(policy).__name__),
+            "options": dict(policy.config.__dict__)}
 
 
 @main.command()

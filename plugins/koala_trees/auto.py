@@ -16,8 +16,7 @@ against plain decoding's 1 / verify(1). Everything on the right is measured, not
   measured single-token step, until that size has been measured);
 - draft: the seconds of the head's last drafting steps.
 
-A step whose best tree does not beat plain decoding by ``margin`` verifies the root alone. And
-the floor: when drafting steps have recently produced fewer tokens per second than plain decoding
+The floor: when drafting steps have recently produced fewer tokens per second than plain decoding
 would (a moving average of their measured rate over ``1 / verify(1)``; say, a translation prompt
 on which every draft is rejected), the policy stops drafting altogether (``should_draft`` is
 False: no draft, no extra verify rows) and probes again every ``probe_every`` steps. Its choices are counted in
@@ -36,7 +35,10 @@ from koala_core.tree import Tree
 BUCKETS = 10  # draft-probability buckets of the calibration table
 DEPTHS = 4  # depth 4 and deeper share one row
 PRIOR = 4.0  # pseudo-trials behind "the draft probability is right"
-MEMORY = 400.0  # trials per cell after which old evidence fades (adapts within a generation)
+MEMORY = 100.0  # trials per cell after which old evidence fades (adapts within a generation)
+DECAY = 0.85  # weight of the previous drafting step in the recent-gain window (~7 steps)
+FIT_DECAY = 0.98  # weight of older tree steps in the verify-cost line (~50 steps)
+OUTLIER = 2.0  # a measured time counts at most this many times its expected value
 
 
 def verify_ratio(n: int) -> float:
@@ -66,8 +68,9 @@ class AutoPolicy(TreePolicy):
         max_nodes: int = field(default=24, metadata={"help": "largest tree considered (root excluded)"})
         max_depth: int = field(default=6, metadata={"help": "deepest level expanded"})
         top_k: int = field(default=4, metadata={"help": "children per node and frontier width"})
-        margin: float = field(default=0.03, metadata={
-            "help": "drafting must beat plain decoding by this share, else it is switched off"})
+        floor: float = field(default=0.95, metadata={
+            "help": "switch drafting off when recent drafting steps ran below this share of "
+                    "plain decoding's tokens/s"})
         probe_every: int = field(default=12, metadata={
             "help": "plain steps between probes while drafting is switched off"})
         min_path: float = field(default=0.02, metadata={
@@ -76,24 +79,29 @@ class AutoPolicy(TreePolicy):
         def __post_init__(self):
             if min(self.max_nodes, self.max_depth, self.top_k, self.probe_every) < 1:
                 raise ConfigError("auto: max_nodes, max_depth, top_k and probe_every must be >= 1")
-            if not 0 <= self.margin < 1 or not 0 <= self.min_path < 1:
-                raise ConfigError("auto: margin and min_path must be in [0, 1)")
+            if not 0 <= self.min_path < 1 or not 0 < self.floor <= 2:
+                raise ConfigError("auto: min_path must be in [0, 1), floor in (0, 2]")
 
     def __init__(self, config=None) -> None:
         super().__init__(config)
         # calibration: (depth row, probability bucket) -> [hits, trials]
         self.table = {(d, b): [PRIOR * (b + 0.5) / BUCKETS, PRIOR]
                       for d in range(1, DEPTHS + 1) for b in range(BUCKETS)}
-        self.verify = {}  # tree size (root included) -> Ema of seconds
+        self.verify = {}  # tree size (root included) -> Ema of seconds (reported; n = 1 used)
+        self.fit = [0.0] * 5  # decayed sums w, w n, w n^2, w t, w n t over tree steps (n >= 2)
         self.draft = Ema()
-        # drafting steps' measured tokens/s over plain decoding's, from a mildly hopeful start
-        self.gain = Ema(weight=0.2, value=1.2)
-        self.off_until = -1  # drafting is off until this step
+        self.per_level = Ema()  # drafting seconds per expanded level
+        self.levels = 0  # levels the last build expanded
+        self.window = [0.0, 0.0]  # recent drafting steps: decayed sums of tokens and of seconds
+        self.evidence = 0  # drafting steps in the window since it was last reset
+        self.pause = self.config.probe_every  # plain steps before the next probe (doubles on failure)
+        self.off_until = 1  # the first decode step is plain: it measures verify(1)
         self.probing = False
+        self.paused = False  # drafting was switched off in this generation
         self.built = False  # whether this step's tree came from build (else: a plain step)
         self.step = 0
         self.counts = {"steps": 0, "drafted_steps": 0, "plain_steps": 0, "switched_off": 0,
-                       "nodes": 0, "chosen_root_only": 0}
+                       "nodes": 0}
 
     # -- the model of this machine and this head -----------------------------------------------
     def acceptance(self, depth: int, p: float) -> float:
@@ -101,21 +109,55 @@ class AutoPolicy(TreePolicy):
         return hits / trials
 
     def verify_s(self, n: int) -> float:
-        """Expected seconds to verify an n-token tree (root included)."""
-        if n in self.verify:
-            return self.verify[n].value
-        base = self.verify[1].value if 1 in self.verify else None
-        if base is None:  # nothing measured yet: scale a measured size back, else unit time
-            near = min(self.verify, key=lambda m: abs(m - n), default=None)
-            base = self.verify[near].value / verify_ratio(near) if near else 1.0
-        return base * verify_ratio(n)
+        """Expected seconds to verify an n-token tree (root included): the measured plain step for
+        n = 1; for trees, a straight line a + b n fitted to the measured tree steps (decayed least
+        squares: robust to the noise of single sizes), the prior curve until two sizes are known."""
+        plain = self.verify.get(1)
+        if n == 1 and plain is not None:
+            return plain.value
+        w, wn, wnn, wt, wnt = self.fit
+        if w > 0 and wnn * w - wn * wn > 1e-9 * w * w:
+            b = (wnt * w - wn * wt) / (wnn * w - wn * wn)
+            a = (wt - b * wn) / w
+            if b >= 0:
+                return a + b * n
+        if plain is not None:
+            return plain.value * verify_ratio(n)
+        return (wt / w) * verify_ratio(n) / verify_ratio(wn / w) if w > 0 else verify_ratio(n)
+
+    def draft_s(self, levels: int) -> float:
+        """Expected seconds of a drafting step that expands ``levels`` levels."""
+        if self.per_level.value is None:
+            return self.draft.value or 0.0
+        return self.per_level.value * levels
+
+    def deeper_pays(self, path_p: list[float], frontier: list[int], levels: int) -> bool:
+        """Whether expanding one more level can pay for itself: it adds at most the frontier's path
+        probabilities in expected tokens, for one more level of drafting time; that must beat the
+        rate the tree reaches already."""
+        if self.per_level.value is None:
+            return True
+        ranked = sorted(path_p[1:], reverse=True)[: self.config.max_nodes]
+        now = (1 + sum(ranked)) / (self.draft_s(levels) + self.verify_s(len(ranked) + 1))
+        return sum(path_p[i] for i in frontier) > self.per_level.value * now
+
+    def gain(self) -> float | None:
+        """Recent drafting steps' tokens per second over plain decoding's (None: no evidence)."""
+        if self.window[1] <= 0:
+            return None
+        return self.window[0] / self.window[1] * self.verify_s(1)
 
     # -- TreePolicy ----------------------------------------------------------------------------
     def should_draft(self, step: int) -> bool:
         self.step = step
+        if step == 0:  # a new generation: what was learnt stays, the on/off state starts afresh
+            self.window, self.evidence, self.probing = [0.0, 0.0], 0, False
+            self.pause, self.paused = self.config.probe_every, False
+            self.off_until = 0 if 1 in self.verify else 1  # measure a plain step first
         if step < self.off_until:
             return False
-        self.probing = self.off_until >= 0 and step == self.off_until
+        if step == self.off_until and self.paused:
+            self.probing = True  # the first drafting step after a pause
         return True
 
     def build(self, head: DraftHead, ctx: DraftContext) -> Tree:
@@ -124,6 +166,7 @@ class AutoPolicy(TreePolicy):
         tree = Tree(ctx.root)
         path_p = [1.0]  # probability that the target accepts each node's whole path
         frontier = [0]
+        levels = 0
         for _ in range(min(cfg.max_depth, ctx.budget.max_depth)):
             cand = head.expand(tree, frontier, cfg.top_k)
             born = []
@@ -140,39 +183,58 @@ class AutoPolicy(TreePolicy):
                 break
             born.sort(key=lambda i: -path_p[i])
             frontier = born[: cfg.top_k]
-            if path_p[frontier[0]] < cfg.min_path:
+            levels += 1
+            if path_p[frontier[0]] < cfg.min_path or not self.deeper_pays(path_p, frontier, levels):
                 break
+        self.levels = levels
         # a child's path probability never exceeds its parent's, so the best n are a subtree
         ranked = sorted(range(1, len(tree)), key=lambda i: (-path_p[i], tree.depths[i], i))
         limit = min(cfg.max_nodes, ctx.budget.max_nodes, len(ranked))
-        draft = self.draft.value if self.draft.value is not None else 0.0
-        plain = 1.0 / self.verify_s(1)
-        best_n, best_rate, expected = 0, plain * (1 + cfg.margin), 1.0
+        draft = self.draft_s(levels)
+        # the best size, but at least one node: the draft is paid for already, and only verified
+        # nodes teach the calibration (a policy that stops verifying stops learning); when
+        # drafting does not pay at all, the floor in observe() switches it off
+        best_n, best_rate, expected = 0, 0.0, 1.0
         for n in range(1, limit + 1):
             expected += path_p[ranked[n - 1]]
             rate = expected / (draft + self.verify_s(n + 1))
             if rate > best_rate:
                 best_n, best_rate = n, rate
-        if best_n == 0:  # not even the best tree pays for its verify rows: the root alone
-            self.counts["chosen_root_only"] += 1
         return tree.keep(ranked[:best_n])
 
     def observe(self, tree: Tree, path: list[int], draft_s: float, verify_s: float) -> None:
         n = len(tree)
+        # one stalled step (a page fault, another process) must not rewrite the model of this
+        # machine: a time is counted at most OUTLIER times what is expected of it
+        verify_s = min(verify_s, OUTLIER * self.verify_s(n)) if self.verify else verify_s
+        if self.draft.value is not None:
+            draft_s = min(draft_s, OUTLIER * self.draft.value)
         self.verify.setdefault(n, Ema()).add(verify_s)
+        if n > 1:
+            self.fit = [FIT_DECAY * v for v in self.fit]
+            for i, x in enumerate((1.0, n, n * n, verify_s, n * verify_s)):
+                self.fit[i] += x
         self.counts["steps"] += 1
         built, self.built = self.built, False
         if not built:  # a plain step: nothing drafted
             self.counts["plain_steps"] += 1
             return
         self.draft.add(draft_s)
-        ratio = (len(path) / (draft_s + verify_s)) * self.verify_s(1)  # over plain decoding
-        if self.probing:  # fresh evidence after a pause outweighs the old average
-            self.gain.value, self.probing = None, False
-        self.gain.add(ratio)
-        if self.gain.value < 1.0:
-            self.off_until = self.step + self.config.probe_every
-            self.counts["switched_off"] += 1
+        if self.levels:
+            self.per_level.add(draft_s / self.levels)
+        if self.probing:  # fresh evidence after a pause outweighs what came before it
+            self.window, self.evidence, self.probing = [0.0, 0.0], 0, False
+        self.window = [DECAY * self.window[0] + len(path), DECAY * self.window[1] + draft_s + verify_s]
+        self.evidence += 1
+        probe = self.paused  # drafting was switched off earlier in this generation
+        if self.evidence >= (2 if probe else 3):
+            if self.gain() < self.config.floor:
+                # a failed probe waits twice as long before the next one (up to 8x)
+                self.pause = min(2 * self.pause, 8 * self.config.probe_every) if probe else self.pause
+                self.off_until, self.paused = self.step + self.pause, True
+                self.counts["switched_off"] += 1
+            elif probe and self.evidence == 2:
+                self.pause = self.config.probe_every  # drafting pays again
         if n == 1:
             return
         self.counts["drafted_steps"] += 1
@@ -197,5 +259,6 @@ class AutoPolicy(TreePolicy):
         return {"policy": "auto", "steps": c["steps"],
                 "drafting_share": round(c["drafted_steps"] / max(c["steps"], 1), 3),
                 "mean_nodes": round(c["nodes"] / drafted, 2), "switched_off": c["switched_off"],
+                "recent_gain": None if self.gain() is None else round(self.gain(), 3),
                 "verify_ms": {n: round(1e3 * e.value, 1) for n, e in sorted(self.verify.items())},
                 "draft_ms": None if self.draft.value is None else round(1e3 * self.draft.value, 1)}

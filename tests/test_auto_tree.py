@@ -1,0 +1,63 @@
+"""The `auto` tree policy: lossless, drafts when drafts are accepted, and switches drafting off
+(probing now and then) when they are not."""
+
+import time
+
+import torch
+
+from conftest import tiny_target
+from koala_core.engine import GenerationConfig, SpeculativeEngine
+from koala_core.interfaces import Candidates, DraftHead
+
+PROMPT = [0, 5, 6, 7, 8, 5, 6, 7, 9, 10, 5, 6]
+
+
+def hf_greedy(target, prompt, n):
+    out = target.model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
+                                pad_token_id=1, eos_token_id=None)
+    return out[0, len(prompt):].tolist()
+
+
+class WrongHead(DraftHead):
+    """Confidently proposes what the target never picks (and takes 5 ms to do it)."""
+
+    def expand(self, tree, nodes, k):
+        time.sleep(0.005)
+        tokens = torch.tensor([[95 - j for j in range(k)]] * len(nodes))
+        return Candidates(tokens, torch.full((len(nodes), k), -0.05))
+
+
+def test_auto_is_lossless_and_drafts_when_drafts_are_accepted(registry):
+    target = tiny_target(scale=4.0)  # a sharp model that repeats itself: lookup drafts well
+    policy = registry.create("tree_policies", "auto")
+    engine = SpeculativeEngine(target, registry.create("heads", "lookup"), policy)
+    config = GenerationConfig(max_new_tokens=48, stop_at_eos=False)
+    for prompt in (PROMPT, PROMPT[:7]):
+        result = engine.generate(prompt, config)
+        assert result.token_ids == hf_greedy(target, prompt, 48)
+    summary = policy.summary()
+    assert summary["drafting_share"] > 0.5 and result.tau > 1.5, summary
+    assert set(summary["verify_ms"]) >= {1}  # it measured plain steps and tree sizes
+
+
+def test_auto_switches_drafting_off_when_nothing_is_accepted(registry):
+    target = tiny_target()
+    policy = registry.create("tree_policies", "auto", {"probe_every": 4})
+    engine = SpeculativeEngine(target, WrongHead(target=target), policy)
+    result = engine.generate(PROMPT, GenerationConfig(max_new_tokens=60, stop_at_eos=False))
+    assert result.token_ids == hf_greedy(target, PROMPT, 60)
+    summary = policy.summary()
+    assert summary["switched_off"] >= 1
+    assert summary["drafting_share"] < 0.3, summary  # mostly plain steps, a few probes
+    # what it learnt: confident drafts of this head are not accepted
+    cell = policy.table[(1, 9)]
+    assert cell[0] / cell[1] < 0.3
+
+
+def test_a_new_generation_starts_with_drafting_on(registry):
+    target = tiny_target(scale=4.0)
+    policy = registry.create("tree_policies", "auto")
+    engine = SpeculativeEngine(target, registry.create("heads", "lookup"), policy)
+    policy.off_until, policy.paused = 10**6, True  # as if the last generation switched it off
+    result = engine.generate(PROMPT, GenerationConfig(max_new_tokens=32, stop_at_eos=False))
+    assert result.drafted > 0
