@@ -39,6 +39,7 @@ MEMORY = 100.0  # trials per cell after which old evidence fades (adapts within 
 DECAY = 0.85  # weight of the previous drafting step in the recent-gain window (~7 steps)
 FIT_DECAY = 0.98  # weight of older tree steps in the verify-cost line (~50 steps)
 OUTLIER = 2.0  # a measured time counts at most this many times its expected value
+PSEUDO = 6.0  # forecast hits behind the per-generation scale (a few steps of evidence move it)
 
 
 def verify_ratio(n: int) -> float:
@@ -93,6 +94,7 @@ class AutoPolicy(TreePolicy):
         self.per_level = Ema()  # drafting seconds per expanded level
         self.levels = 0  # levels the last build expanded
         self.window = [0.0, 0.0]  # recent drafting steps: decayed sums of tokens and of seconds
+        self.gen = [0.0, 0.0]  # this generation: accepted draft nodes, and the calibration's forecast
         self.evidence = 0  # drafting steps in the window since it was last reset
         self.pause = self.config.probe_every  # plain steps before the next probe (doubles on failure)
         self.off_until = 1  # the first decode step is plain: it measures verify(1)
@@ -125,6 +127,12 @@ class AutoPolicy(TreePolicy):
             return plain.value * verify_ratio(n)
         return (wt / w) * verify_ratio(n) / verify_ratio(wn / w) if w > 0 else verify_ratio(n)
 
+    def scale(self) -> float:
+        """How this generation's drafts fare against the calibration: hits over expected hits so
+        far (with PSEUDO forecast hits of prior), so trees shrink at once on a prompt the head cannot
+        guess (a translation) and grow on one it guesses well."""
+        return min(2.0, max(0.1, (self.gen[0] + PSEUDO) / (self.gen[1] + PSEUDO)))
+
     def draft_s(self, levels: int) -> float:
         """Expected seconds of a drafting step that expands ``levels`` levels."""
         if self.per_level.value is None:
@@ -152,6 +160,7 @@ class AutoPolicy(TreePolicy):
         self.step = step
         if step == 0:  # a new generation: what was learnt stays, the on/off state starts afresh
             self.window, self.evidence, self.probing = [0.0, 0.0], 0, False
+            self.gen = [0.0, 0.0]
             self.pause, self.paused = self.config.probe_every, False
             self.off_until = 0 if 1 in self.verify else 1  # measure a plain step first
         if step < self.off_until:
@@ -177,7 +186,8 @@ class AutoPolicy(TreePolicy):
                         continue
                     logp = float(cand.logprobs[row, j])
                     node = tree.add(parent, token, logp)
-                    path_p.append(path_p[parent] * self.acceptance(tree.depths[node], math.exp(logp)))
+                    accept = min(1.0, self.scale() * self.acceptance(tree.depths[node], math.exp(logp)))
+                    path_p.append(path_p[parent] * accept)
                     born.append(node)
             if not born:
                 break
@@ -246,6 +256,8 @@ class AutoPolicy(TreePolicy):
                 continue  # never tried: its parent was rejected
             p = math.exp(tree.scores[i] - tree.scores[parent])
             cell = self.table[(min(tree.depths[i], DEPTHS), min(int(p * BUCKETS), BUCKETS - 1))]
+            self.gen[0] += i in accepted
+            self.gen[1] += cell[0] / cell[1]
             cell[0] += i in accepted
             cell[1] += 1
             if cell[1] > MEMORY:
