@@ -523,7 +523,8 @@ def evaluate(checkpoint, data, split, window, model, kernels, as_json) -> None:
 @click.option("--dtype", default="float32", show_default=True, help="float32 or bfloat16.")
 @click.option("--sizes", default="1,2,3,4,6,8,12,16,24,32", show_default=True,
               help="Comma-separated token counts to verify.")
-@click.option("--context", default=256, show_default=True, help="Tokens already in the KV cache.")
+@click.option("--context", default="256", show_default=True,
+              help="Tokens already in the KV cache; several comma-separated give one curve each.")
 @click.option("--repeats", default=7, show_default=True)
 @click.option("--shape", default="tree", show_default=True, type=click.Choice(["tree", "chain"]),
               help="tree: n nodes of a binary tree with its tree mask (what verifying a tree runs); "
@@ -531,33 +532,41 @@ def evaluate(checkpoint, data, split, window, model, kernels, as_json) -> None:
 @kernels_option
 @click.option("--json", "as_json", is_flag=True)
 def cost(model, device, dtype, sizes, context, repeats, shape, kernels, as_json) -> None:
-    """Measure the verify cost curve: one target forward over n tokens vs a decode step."""
+    """Measure the verify cost curve: one target forward over n tokens vs a decode step.
+
+    The curves are kept in the cache (keyed by model, dtype, kernels, device and threads), where
+    the `auto` tree policy starts from them."""
     import torch
 
-    from .costs import verify_cost_curve
+    from .costs import save_costs, verify_cost_curve
     from .model import load_target
 
     try:
         ns = [int(x) for x in sizes.split(",") if x.strip()]
+        contexts = [int(x) for x in str(context).split(",") if x.strip()]
     except ValueError:
-        raise ConfigError(f"--sizes must be comma-separated integers, got {sizes!r}") from None
-    if not ns or min(ns) < 1:
-        raise ConfigError("--sizes needs positive token counts")
+        raise ConfigError(f"--sizes and --context must be comma-separated integers, got "
+                          f"{sizes!r} / {context!r}") from None
+    if not ns or min(ns) < 1 or not contexts or min(contexts) < 1:
+        raise ConfigError("--sizes and --context need positive token counts")
     target = load_target(model, device=device, dtype=dtype, kernels=kernels)
-    rows = verify_cost_curve(target, ns, context=context, repeats=repeats, progress=not as_json,
-                             shape=shape)
+    curves = {c: verify_cost_curve(target, ns, context=c, repeats=repeats, progress=not as_json,
+                                   shape=shape) for c in contexts}
+    saved = save_costs(target, curves, shape)
     if as_json:
         click.echo(json.dumps({"model": model, "dtype": dtype, "device": device, "shape": shape,
-                               "kernels": target.kernels,
-                               "threads": torch.get_num_threads(), "context": context,
-                               "rows": rows}, indent=2))
+                               "kernels": target.kernels, "threads": torch.get_num_threads(),
+                               "saved": saved, "curves": {str(c): rows for c, rows in curves.items()},
+                               "context": contexts[0], "rows": curves[contexts[0]]}, indent=2))
         return
-    click.echo(f"verify cost ({shape}), {model} {dtype} ({target.kernels} kernels) on {device} "
-               f"({torch.get_num_threads()} threads), "
-               f"{context}-token cache, median of {repeats}")
-    click.echo("   n      ms   (min-max)   x decode step")
-    for r in rows:
-        click.echo(f"{r['n']:>4} {r['ms']:>7.1f}  ({r['min_ms']:.0f}-{r['max_ms']:.0f})  {r['ratio']:>6.2f}")
+    for c, rows in curves.items():
+        click.echo(f"verify cost ({shape}), {model} {dtype} ({target.kernels} kernels) on {device} "
+                   f"({torch.get_num_threads()} threads), {c}-token cache, median of {repeats}")
+        click.echo("   n      ms   (min-max)   x decode step")
+        for r in rows:
+            click.echo(f"{r['n']:>4} {r['ms']:>7.1f}  ({r['min_ms']:.0f}-{r['max_ms']:.0f})  "
+                       f"{r['ratio']:>6.2f}")
+    click.echo(f"saved to {saved}")
 
 
 if __name__ == "__main__":

@@ -65,3 +65,45 @@ def verify_cost_curve(target, sizes: list[int], context: int = 256, repeats: int
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def cost_key(target) -> str:
+    """The file name under which this machine's costs for ``target`` are kept: model identity,
+    dtype, kernels, device and threads (each changes the curve)."""
+    ident = target.identity()
+    dtype = str(target.dtype).replace("torch.", "")
+    return (f"{ident.architecture}-{ident.lm_head_fingerprint[:12]}-{dtype}-"
+            f"{getattr(target, 'kernels', 'torch')}-{target.device.type}-t{torch.get_num_threads()}")
+
+
+def cost_path(target):
+    from .model import cache_dir
+
+    return cache_dir() / "costs" / f"{cost_key(target)}.json"
+
+
+def save_costs(target, curves: dict[int, list[dict]], shape: str) -> str:
+    """Keep measured curves (context length -> rows) in the cache for ``auto`` and later runs."""
+    from .files import write_json_atomic
+
+    path = cost_path(target)
+    write_json_atomic(path, {"key": cost_key(target), "shape": shape,
+                             "curves": {str(c): rows for c, rows in curves.items()}})
+    return str(path)
+
+
+def saved_ratios(target) -> dict[int, float] | None:
+    """verify(n) / verify(1) from this machine's saved tree curve (the context closest to 256),
+    or None when ``koala cost`` has not been run for this target and setup."""
+    import json
+
+    path = cost_path(target)
+    try:
+        doc = json.loads(path.read_text())
+        curves = {int(c): rows for c, rows in doc["curves"].items()}
+    except (OSError, ValueError, KeyError):
+        return None
+    if not curves or doc.get("shape") != "tree":
+        return None
+    rows = curves[min(curves, key=lambda c: abs(c - 256))]
+    return {int(r["n"]): float(r["ratio"]) for r in rows}

@@ -3,6 +3,7 @@
 
 import time
 
+import pytest
 import torch
 
 from conftest import tiny_target
@@ -61,3 +62,33 @@ def test_a_new_generation_starts_with_drafting_on(registry):
     policy.off_until, policy.paused = 10**6, True  # as if the last generation switched it off
     result = engine.generate(PROMPT, GenerationConfig(max_new_tokens=32, stop_at_eos=False))
     assert result.drafted > 0
+
+
+def test_koala_cost_keeps_this_machines_curve_for_auto(tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from conftest import tiny_model, tiny_tokenizer
+    from koala_core.cli import main
+    from koala_core.costs import saved_ratios
+    from koala_core.model import load_target
+    from koala_trees.auto import verify_ratio
+
+    monkeypatch.setenv("KOALA_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "tiny"
+    tiny_model().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    result = CliRunner().invoke(main, ["cost", "--model", str(folder), "--sizes", "1,2,4",
+                                       "--context", "8,300", "--repeats", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert set(doc["curves"]) == {"8", "300"} and doc["shape"] == "tree"
+    target = load_target(folder)
+    ratios = saved_ratios(target)
+    assert set(ratios) == {1, 2, 4} and ratios[1] == 1.0
+    assert saved_ratios(load_target(folder, kernels="torch")) is None  # another setup: no curve
+    # the prior interpolates the saved curve and extends its last slope
+    saved = {1: 1.0, 2: 1.2, 4: 1.4}
+    assert verify_ratio(3, saved) == pytest.approx(1.3) and verify_ratio(6, saved) == pytest.approx(1.6)
+    assert verify_ratio(2, saved) == 1.2 and verify_ratio(1, saved) == 1.0

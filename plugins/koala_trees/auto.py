@@ -42,11 +42,24 @@ OUTLIER = 2.0  # a measured time counts at most this many times its expected val
 PSEUDO = 6.0  # forecast hits behind the per-generation scale (a few steps of evidence move it)
 
 
-def verify_ratio(n: int) -> float:
-    """Prior cost of verifying n tokens relative to one (measured on this project's 2-core CPU with
-    oneDNN fp32: 2 -> 1.12, 4 -> 1.18, 8 -> 1.34, 16 -> 1.64, 32 -> 2.22); replaced by
-    measurements as the policy sees each size."""
-    return 1.0 if n <= 1 else 1.08 + 0.036 * (n - 2)
+def verify_ratio(n: int, saved: dict[int, float] | None = None) -> float:
+    """Prior cost of verifying n tokens relative to one: this machine's curve saved by
+    ``koala cost`` (interpolated), else the one measured on this project's 2-core CPU with oneDNN
+    fp32 (2 -> 1.12, 4 -> 1.18, 8 -> 1.34, 16 -> 1.64, 32 -> 2.22). Measurements replace it as
+    the policy sees trees."""
+    if n <= 1:
+        return 1.0
+    if saved and len(saved) >= 2:
+        sizes = sorted(saved)
+        lo = max([m for m in sizes if m <= n], default=sizes[0])
+        hi = min([m for m in sizes if m >= n], default=sizes[-1])
+        if lo == hi:  # n is measured, or lies beyond the curve: extend its last slope
+            a, b = (sizes[-2], sizes[-1]) if n > sizes[-1] else (lo, lo)
+            if a == b:
+                return saved[lo]
+            return saved[b] + (n - b) * (saved[b] - saved[a]) / (b - a)
+        return saved[lo] + (n - lo) * (saved[hi] - saved[lo]) / (hi - lo)
+    return 1.08 + 0.036 * (n - 2)
 
 
 @dataclass
@@ -90,6 +103,7 @@ class AutoPolicy(TreePolicy):
                       for d in range(1, DEPTHS + 1) for b in range(BUCKETS)}
         self.verify = {}  # tree size (root included) -> Ema of seconds (reported; n = 1 used)
         self.fit = [0.0] * 5  # decayed sums w, w n, w n^2, w t, w n t over tree steps (n >= 2)
+        self.saved: dict[int, float] | None = None  # `koala cost`'s curve for the head's target
         self.draft = Ema()
         self.per_level = Ema()  # drafting seconds per expanded level
         self.levels = 0  # levels the last build expanded
@@ -124,8 +138,8 @@ class AutoPolicy(TreePolicy):
             if b >= 0:
                 return a + b * n
         if plain is not None:
-            return plain.value * verify_ratio(n)
-        return (wt / w) * verify_ratio(n) / verify_ratio(wn / w) if w > 0 else verify_ratio(n)
+            return plain.value * self.ratio(n)
+        return (wt / w) * self.ratio(n) / self.ratio(round(wn / w)) if w > 0 else self.ratio(n)
 
     def scale(self) -> float:
         """How this generation's drafts fare against the calibration: hits over expected hits so
@@ -148,6 +162,9 @@ class AutoPolicy(TreePolicy):
         ranked = sorted(path_p[1:], reverse=True)[: self.config.max_nodes]
         now = (1 + sum(ranked)) / (self.draft_s(levels) + self.verify_s(len(ranked) + 1))
         return sum(path_p[i] for i in frontier) > self.per_level.value * now
+
+    def ratio(self, n: int) -> float:
+        return verify_ratio(n, self.saved)
 
     def gain(self) -> float | None:
         """Recent drafting steps' tokens per second over plain decoding's (None: no evidence)."""
@@ -172,6 +189,11 @@ class AutoPolicy(TreePolicy):
     def build(self, head: DraftHead, ctx: DraftContext) -> Tree:
         cfg = self.config
         self.built = True
+        if self.saved is None:
+            from koala_core.costs import saved_ratios
+
+            target = getattr(head, "target", None)
+            self.saved = (saved_ratios(target) if target is not None else None) or {}
         tree = Tree(ctx.root)
         path_p = [1.0]  # probability that the target accepts each node's whole path
         frontier = [0]
