@@ -73,6 +73,7 @@ class MethodRun:
     draft_s: float = 0.0
     verify_s: float = 0.0
     accept_lengths: list[int] = field(default_factory=list)
+    overhead_s: float = 0.0  # decode time outside the target's forwards and the drafting
 
 
 class Method:
@@ -89,9 +90,11 @@ class Method:
         if self.engine is not None:
             r = self.engine.generate(ids, config)
             steps = [s for s in r.steps if not s.prefill]
+            draft = sum(s.draft_s for s in steps)
             return MethodRun(r.token_ids, r.seconds, r.target_forwards, r.decode_tokens, r.drafted,
-                             r.accepted, sum(s.draft_s for s in steps), sum(s.verify_s for s in steps),
-                             [len(s.tokens) for s in steps])
+                             r.accepted, draft, sum(s.verify_s for s in steps),
+                             [len(s.tokens) for s in steps],
+                             r.decode_s - draft - sum(s.forward_s for s in steps))
         model, eos = self.hf_target.model, sorted(self.hf_target.eos_token_ids)
         s = config.sampling
         sampling = {"do_sample": False} if s.greedy else {
@@ -121,7 +124,8 @@ def summarize(name: str, runs: list[MethodRun], base: list[MethodRun], lossy: bo
         "identical_to_vanilla": (sum(r.tokens == b.tokens for r, b in zip(runs, base)) / len(runs)
                                  if exact else None),
         "lossy": lossy, "tau": None, "token_efficiency": None, "draft_share": None,
-        "verify_share": None, "draft_ms_per_step": None, "accept_histogram": None,
+        "verify_share": None, "overhead_share": None, "draft_ms_per_step": None,
+        "accept_histogram": None,
     }
     if runs[0].forwards is not None:
         forwards = sum(r.forwards for r in runs)
@@ -130,6 +134,9 @@ def summarize(name: str, runs: list[MethodRun], base: list[MethodRun], lossy: bo
         out["token_efficiency"] = sum(r.accepted for r in runs) / drafted if drafted else None
         out["draft_share"] = sum(r.draft_s for r in runs) / seconds
         out["verify_share"] = sum(r.verify_s for r in runs) / seconds
+        # engine overhead: decode time spent neither in the target's forward nor in drafting
+        # (verification, cache editing, tree shapes, Python), as a share of all the time
+        out["overhead_share"] = sum(r.overhead_s for r in runs) / seconds
         n_steps = sum(len(r.accept_lengths) for r in runs)
         out["draft_ms_per_step"] = 1e3 * sum(r.draft_s for r in runs) / max(n_steps, 1)
         hist = Counter(n for r in runs for n in r.accept_lengths)
@@ -211,12 +218,12 @@ def markdown_table(results: dict) -> str:
 
 
 def _table(rows: list[dict]) -> list[str]:
-    lines = ["| method | tau | speedup | tokens/s | token eff. | draft ms/step | identical | lossy |",
-             "|---|---:|---|---:|---:|---:|---:|---|"]
+    lines = ["| method | tau | speedup | tokens/s | token eff. | draft ms/step | overhead | identical "
+             "| lossy |", "|---|---:|---|---:|---:|---:|---:|---:|---|"]
     for m in rows:
         lines.append(f"| {m['method']} | {_fmt(m['tau'])} | {format_speedup(m['speedup'])} | "
                      f"{m['tokens_per_s']:.1f} | {_fmt(m['token_efficiency'])} | "
-                     f"{_fmt(m['draft_ms_per_step'], '.1f')} | "
+                     f"{_fmt(m['draft_ms_per_step'], '.1f')} | {_fmt(m.get('overhead_share'), '.1%')} | "
                      f"{_fmt(m['identical_to_vanilla'], '.0%')} | {'LOSSY' if m['lossy'] else 'no'} |")
     return lines
 

@@ -46,8 +46,9 @@ class Step:
     drafted: int  # draft nodes in the verified tree (0 for prefill and plain decoding)
     accepted: int  # draft tokens accepted (tokens = accepted + 1 bonus, unless truncated)
     prefill: bool = False
-    draft_s: float = 0.0
-    verify_s: float = 0.0
+    draft_s: float = 0.0  # head.begin + tree policy (drafting)
+    verify_s: float = 0.0  # everything from the tree to the accepted tokens (includes forward_s)
+    forward_s: float = 0.0  # the target's forward and logits alone
 
 
 @dataclass
@@ -200,12 +201,14 @@ class SpeculativeEngine:
             t1 = time.perf_counter()
             past = target.cache_length(cache)
             ids = torch.tensor(tree.tokens, device=device)
+            t_forward = time.perf_counter()
             if shape.is_chain:  # plain causal attention: no mask to build
                 hidden = target.forward(ids, cache)
             else:
                 hidden = target.forward(ids, cache, positions=shape.depths.to(device) + past,
                                         tree_mask=shape.mask)
             logits = target.logits(hidden)  # (n, V)
+            t_forward = time.perf_counter() - t_forward
             verdict = verifier.verify(tree, shape, logits, sampling, generator)
             target.keep(cache, past, verdict.path)
             hidden = hidden[verdict.path]  # (a, D): states of the tokens now in the cache
@@ -223,7 +226,8 @@ class SpeculativeEngine:
             tokens.extend(new)
             root = new[-1] if len(out) == len(new) else out[-1]
             step += 1
-            yield Step(out, len(tree) - 1, len(verdict.path) - 1, draft_s=t1 - t0, verify_s=t2 - t1)
+            yield Step(out, len(tree) - 1, len(verdict.path) - 1, draft_s=t1 - t0, verify_s=t2 - t1,
+                       forward_s=t_forward)
 
     def generate(self, prompt_ids: list[int], config: GenerationConfig = GenerationConfig(),
                  on_step: Callable[[Step], None] | None = None) -> GenerationResult:

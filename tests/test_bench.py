@@ -30,6 +30,7 @@ def test_bench_results_have_every_field(tmp_path, registry):
     assert by_name["lookup"]["identical_to_vanilla"] == 1.0
     assert by_name["lookup"]["tau"] > 1.0 and by_name["lookup"]["accept_histogram"]
     assert by_name["hf-lookup"]["tau"] is None
+    assert 0 <= by_name["lookup"]["overhead_share"] < 1 and by_name["hf-lookup"]["overhead_share"] is None
     assert set(saved["by_category"]) == {"x", "y"}
     assert (tmp_path / "out" / "results.md").read_text().count("|") > 10
     assert (tmp_path / "out" / "speedup.png").is_file()

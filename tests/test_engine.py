@@ -126,3 +126,9 @@ def test_cost_curve_times_tree_masked_forwards(target, monkeypatch):
     calls.clear()
     verify_cost_curve(target, [4], context=16, repeats=1, warmup=0, shape="chain")
     assert (4, False) in calls[1:]
+
+
+def test_steps_time_the_forward_inside_the_verify(target, registry):
+    engine = SpeculativeEngine(target, registry.create("heads", "lookup"))
+    steps = [s for s in engine.stream(PROMPT, GenerationConfig(20, stop_at_eos=False)) if not s.prefill]
+    assert steps and all(0 < s.forward_s <= s.verify_s for s in steps)
