@@ -92,3 +92,22 @@ def test_koala_cost_keeps_this_machines_curve_for_auto(tmp_path, monkeypatch):
     saved = {1: 1.0, 2: 1.2, 4: 1.4}
     assert verify_ratio(3, saved) == pytest.approx(1.3) and verify_ratio(6, saved) == pytest.approx(1.6)
     assert verify_ratio(2, saved) == 1.2 and verify_ratio(1, saved) == 1.0
+
+
+def test_generate_verbose_reports_the_policys_choices(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from conftest import tiny_model, tiny_tokenizer
+    from koala_core.cli import main
+
+    folder = tmp_path / "tiny"
+    tiny_model().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    result = CliRunner().invoke(main, ["generate", "--model", str(folder), "--head", "lookup",
+                                       "--tree", "auto", "--verbose", "--json", "--max-new-tokens",
+                                       "16", "t5 t6 t7 t5 t6"])
+    assert result.exit_code == 0, result.output
+    tree = json.loads(result.output.strip().splitlines()[-1])["tree"]
+    assert tree["policy"] == "auto" and tree["steps"] >= 1 and "drafting_share" in tree
