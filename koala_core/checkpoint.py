@@ -110,8 +110,9 @@ class Checkpoint:
             return None
         return inference["tree"], dict(inference.get("tree_options", {}))
 
-    def build_head(self, target, registry=None):
-        """The head for ``target``, refusing a checkpoint made for another model."""
+    def build_head(self, target, registry=None, draft_dtype: str = "auto"):
+        """The head for ``target``, refusing a checkpoint made for another model, ready to draft
+        in ``draft_dtype`` (see :func:`koala_core.kernels.draft_dtype`)."""
         from .registry import default_registry
 
         mine = target.identity().as_dict()
@@ -133,12 +134,15 @@ class Checkpoint:
             raise CheckpointError(f"{self.folder / WEIGHTS} does not fit head {self.plugin!r}: "
                                   f"{exc}") from None
         head.to(target.device).eval()
-        if hasattr(head, "use_kernels"):
-            head.use_kernels(getattr(target, "kernels", "torch"))
+        if hasattr(head, "prepare_drafting"):
+            from .kernels import draft_dtype as resolve
+
+            head.prepare_drafting(resolve(target, draft_dtype))
         head.checkpoint_meta = self.meta
         return head
 
 
-def load_head(folder: str | Path, target, registry=None):
-    """Rebuild a head for ``target`` from a checkpoint folder (see :class:`Checkpoint`)."""
-    return Checkpoint.open(folder).build_head(target, registry)
+def load_head(folder: str | Path, target, registry=None, draft_dtype: str = "float32"):
+    """Rebuild a head for ``target`` from a checkpoint folder (see :class:`Checkpoint`); by default
+    in fp32, the weights as trained (engines built by koala draft in ``auto``)."""
+    return Checkpoint.open(folder).build_head(target, registry, draft_dtype)

@@ -100,6 +100,10 @@ def engine_options(fn):
                      help="float32 (exact) or bfloat16 (faster; not bit-exact against plain "
                           "decoding)."),
         kernels_option,
+        click.option("--draft-dtype", default="auto", show_default=True,
+                     type=click.Choice(["auto", "float32", "bfloat16"]),
+                     help="What a trained head drafts in. auto: bf16 on CUDA or a CPU with native "
+                          "bf16 (drafts need no exactness: the target verifies), else the target's."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -135,7 +139,7 @@ def engine_args(model, head, checkpoint, head_options, tree, tree_options, verif
 @click.option("--verbose", is_flag=True, help="Also print what the tree policy chose (e.g. auto's "
               "tree sizes, measured costs, and how often it drafted).")
 def generate(prompt, model, head, checkpoint, head_options, tree, tree_options, verifier, temperature, top_k,
-             top_p, max_new_tokens, seed, device, dtype, kernels, recipe, raw, as_json,
+             top_p, max_new_tokens, seed, device, dtype, kernels, draft_dtype, recipe, raw, as_json,
              verbose) -> None:
     """Generate a reply to PROMPT ('-' reads stdin), speculatively unless --head none."""
     from .compose import build_engine
@@ -149,7 +153,8 @@ def generate(prompt, model, head, checkpoint, head_options, tree, tree_options, 
                        refuse=("temperature",))
     sampling = Sampling(args.pop("sampling").temperature if recipe else temperature, top_k, top_p)
     config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
-    engine = build_engine(**args, sampling=sampling, device=device, dtype=dtype, kernels=kernels)
+    engine = build_engine(**args, sampling=sampling, device=device, dtype=dtype, kernels=kernels,
+                          draft_dtype=draft_dtype)
     tokenizer = engine.target.tokenizer
     ids = encode_prompt(tokenizer, prompt, raw=raw)
     out: list[int] = []
@@ -323,7 +328,7 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
 @click.option("--timeout", default=ServeDefaults.timeout, show_default=True,
               help="Seconds a request may wait and run in all.")
 def serve(model, head, checkpoint, head_options, tree, tree_options, verifier, recipe, device, dtype,
-          kernels, host, port, api_key, served_model_name, max_queue, timeout) -> None:
+          kernels, draft_dtype, host, port, api_key, served_model_name, max_queue, timeout) -> None:
     """Serve the OpenAI API (chat and completions, streaming or not) with speculative decoding."""
     import importlib.util
 
@@ -337,7 +342,7 @@ def serve(model, head, checkpoint, head_options, tree, tree_options, verifier, r
     args.pop("sampling", None)  # each request brings its own
     if max_queue < 1 or timeout <= 0:
         raise ConfigError("--max-queue must be >= 1 and --timeout > 0")
-    engine = build_engine(**args, device=device, dtype=dtype, kernels=kernels)
+    engine = build_engine(**args, device=device, dtype=dtype, kernels=kernels, draft_dtype=draft_dtype)
     config = ServeConfig(host=host, port=port, served_model_name=served_model_name, api_key=api_key,
                          max_queue=max_queue, timeout=timeout)
     drafter = type(engine.head).__name__ if engine.head is not None else "none (plain decoding)"
@@ -361,9 +366,12 @@ def serve(model, head, checkpoint, head_options, tree, tree_options, verifier, r
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True)
 @kernels_option
+@click.option("--draft-dtype", default="auto", show_default=True,
+              type=click.Choice(["auto", "float32", "bfloat16"]),
+              help="What trained heads draft in (auto: bf16 where that is fast).")
 @click.option("--out", default="bench-out", show_default=True)
 def bench(prompt_spec, methods, limit, offset, max_new_tokens, temperature, repeats, model, device,
-          dtype, kernels, out) -> None:
+          dtype, kernels, draft_dtype, out) -> None:
     """Compare methods side by side (interleaved, one process): tau, speedup, identity."""
     from .bench import run_bench, select_prompts, write_report
     from .compose import build_method
@@ -378,12 +386,12 @@ def bench(prompt_spec, methods, limit, offset, max_new_tokens, temperature, repe
     prompts = select_prompts(prompt_spec, offset, limit)
     config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=Sampling(temperature), seed=0)
     target = load_target(model, device=device, dtype=dtype, kernels=kernels)
-    method_objs = [build_method(n, target) for n in names]
+    method_objs = [build_method(n, target, draft_dtype=draft_dtype) for n in names]
     results = run_bench(method_objs, target, prompts, config, repeats=repeats)
     results["meta"] = {"prompts": prompt_spec, "n_prompts": len(prompts), "offset": offset,
                        "max_new_tokens": max_new_tokens, "temperature": temperature,
                        "repeats": repeats, "model": model, "dtype": dtype, "device": device,
-                       "kernels": target.kernels}
+                       "kernels": target.kernels, "draft_dtype": draft_dtype}
     write_report(results, out)
     click.echo(open(f"{out}/results.md").read())
 
@@ -505,7 +513,7 @@ def evaluate(checkpoint, data, split, window, model, kernels, as_json) -> None:
 
     ck = Checkpoint.open(resolve_checkpoint(checkpoint))
     target = load_target(model, kernels=kernels)
-    head = ck.build_head(target)
+    head = ck.build_head(target, draft_dtype="float32")  # the head as trained
     tokens = load_split(data, split)
     accs = run_eval(head, WindowSampler(tokens, window, target.device))
     positions = int(tokens["loss_mask"].sum())

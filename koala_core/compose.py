@@ -20,9 +20,10 @@ def build_engine(model: str = "default", head: str | None = "default", checkpoin
                  tree_options: dict[str, Any] | None = None, verifier: str | None = None,
                  verifier_options: dict[str, Any] | None = None, sampling: Sampling = Sampling(),
                  device: str = "cpu", dtype: str = "float32", kernels: str = "auto",
-                 registry: Registry | None = None):
+                 registry: Registry | None = None, draft_dtype: str = "auto"):
     """A :class:`~koala_core.engine.SpeculativeEngine`; every name, option and checkpoint file is
-    checked before the model loads, so a typo or a damaged file fails in milliseconds."""
+    checked before the model loads, so a typo or a damaged file fails in milliseconds.
+    ``draft_dtype``: what a trained head drafts in (:func:`koala_core.kernels.draft_dtype`)."""
     from .checkpoint import Checkpoint
     from .engine import SpeculativeEngine, check_verifier
     from .model import load_target
@@ -48,8 +49,12 @@ def build_engine(model: str = "default", head: str | None = "default", checkpoin
     ver = reg.create("verifiers", verifier, verifier_options) if verifier else None
     if ver is not None:
         check_verifier(ver, sampling)
+    from .kernels import DRAFT_DTYPES
+
+    if draft_dtype not in DRAFT_DTYPES:
+        raise ConfigError(f"unknown draft dtype {draft_dtype!r}; choose one of {', '.join(DRAFT_DTYPES)}")
     target = load_target(model, device=device, dtype=dtype, kernels=kernels)
-    drafter = make_drafter(target, head, head_options, ck, reg)
+    drafter = make_drafter(target, head, head_options, ck, reg, draft_dtype)
     return SpeculativeEngine(target, drafter, policy if drafter is not None else None, ver)
 
 
@@ -89,16 +94,16 @@ def recipe_engine_args(recipe, checkpoint: str | None = None) -> dict:
 
 
 def make_drafter(target, head: str | None, head_options: dict | None, checkpoint,
-                 registry: Registry):
+                 registry: Registry, draft_dtype: str = "auto"):
     """A head from an opened :class:`~koala_core.checkpoint.Checkpoint`, a plugin name, or None."""
     if checkpoint is not None:
-        return checkpoint.build_head(target, registry)
+        return checkpoint.build_head(target, registry, draft_dtype)
     if head is not None:
         return registry.create("heads", head, head_options, target=target).to(target.device)
     return None
 
 
-def build_method(spec: str, target, registry: Registry | None = None):
+def build_method(spec: str, target, registry: Registry | None = None, draft_dtype: str = "auto"):
     """A bench method from its name: ``vanilla``, ``hf-lookup``, a training-free head plugin
     (e.g. ``lookup``), ``default``, a shipped head's name, a checkpoint folder or a recipe file."""
     from pathlib import Path
@@ -122,7 +127,7 @@ def build_method(spec: str, target, registry: Registry | None = None):
                                                           args["tree_options"]))
         verifier = (reg.create("verifiers", args["verifier"], args["verifier_options"])
                     if args["verifier"] else None)
-        drafter = make_drafter(target, args["head"], args["head_options"], ck, reg)
+        drafter = make_drafter(target, args["head"], args["head_options"], ck, reg, draft_dtype)
         return Method(Path(spec).stem, SpeculativeEngine(target, drafter, policy, verifier))
     if spec == "vanilla":
         return Method(spec, SpeculativeEngine(target))
@@ -142,4 +147,4 @@ def build_method(spec: str, target, registry: Registry | None = None):
                           "or a recipe .toml")
     ck = Checkpoint.open(folder)
     policy = reg.create("tree_policies", *choose_tree(ck, reg.get("heads", ck.plugin).cls, None, None))
-    return Method(spec, SpeculativeEngine(target, ck.build_head(target, reg), policy))
+    return Method(spec, SpeculativeEngine(target, ck.build_head(target, reg, draft_dtype), policy))

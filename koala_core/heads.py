@@ -87,6 +87,14 @@ class NeuralHead(DraftHead):
             self._packed_rows = PackedWeight(lambda: self.lm_rows)
         return self
 
+    def prepare_drafting(self, dtype: torch.dtype) -> NeuralHead:
+        """Ready for inference in ``dtype`` (see :func:`koala_core.kernels.draft_dtype`): cast to it,
+        or, in the target's own fp32 on a CPU, draft through the target's kernels."""
+        self.eval()
+        if dtype != self.lm_rows.dtype:
+            return self.to(dtype)
+        return self.use_kernels(getattr(self.target, "kernels", "torch"))
+
     def load_state_dict(self, state, strict: bool = True, assign: bool = False):
         out = super().load_state_dict(state, strict=strict, assign=assign)
         self._index_vocab()

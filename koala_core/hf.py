@@ -32,13 +32,14 @@ class KoalaDecoding:
     ``checkpoint``: a head checkpoint folder or a shipped head's name (``default`` included);
     or ``head`` + ``head_options`` for a training-free plugin (e.g. ``lookup``). ``tree`` /
     ``tree_options`` / ``verifier`` as on the command line (default: the checkpoint's tree, the
-    head's own default, and greedy at T=0 / rejection sampling at T>0).
+    head's own default, and greedy at T=0 / rejection sampling at T>0); ``draft_dtype`` as
+    :func:`koala_core.kernels.draft_dtype`.
     """
 
     def __init__(self, checkpoint: str | None = None, head: str | None = None,
                  head_options: dict | None = None, tree: str | None = None,
                  tree_options: dict | None = None, verifier: str | None = None,
-                 registry=None) -> None:
+                 registry=None, draft_dtype: str = "auto") -> None:
         from .checkpoint import Checkpoint
         from .registry import default_registry
         from .shipped import resolve_checkpoint
@@ -49,6 +50,7 @@ class KoalaDecoding:
         self.checkpoint = Checkpoint.open(resolve_checkpoint(checkpoint)) if checkpoint else None
         self.head_name, self.head_options = head, dict(head_options or {})
         self.tree, self.tree_options, self.verifier = tree, dict(tree_options or {}), verifier
+        self.draft_dtype = draft_dtype
         self._engines: dict[int, object] = {}  # id(model) -> engine
 
     def engine_for(self, model):
@@ -63,7 +65,8 @@ class KoalaDecoding:
             head_cls = reg.get("heads", self.checkpoint.plugin if self.checkpoint else self.head_name).cls
             policy = reg.create("tree_policies", *choose_tree(self.checkpoint, head_cls, self.tree,
                                                               self.tree_options))
-            drafter = make_drafter(target, self.head_name, self.head_options, self.checkpoint, reg)
+            drafter = make_drafter(target, self.head_name, self.head_options, self.checkpoint, reg,
+                                   self.draft_dtype)
             verifier = reg.create("verifiers", self.verifier) if self.verifier else None
             self._engines[id(model)] = SpeculativeEngine(target, drafter, policy, verifier)
         return self._engines[id(model)]

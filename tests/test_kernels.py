@@ -132,3 +132,30 @@ def test_packed_heads_never_go_stale(registry, family):
     other.to(torch.float64)
     batch.hidden = batch.hidden.double()
     torch.testing.assert_close(logits(packed), logits(other), atol=1e-6, rtol=1e-6)
+
+
+def test_draft_dtype_choice_and_bf16_drafting_stays_lossless(registry, monkeypatch):
+    """auto drafts in bf16 only where bf16 is native; a bf16-drafting head is still lossless."""
+    from conftest import tiny_target
+    from koala_core import kernels
+    from koala_core.engine import GenerationConfig, SpeculativeEngine
+    from koala_core.errors import ConfigError
+
+    target = tiny_target()
+    monkeypatch.setattr(kernels, "cpu_has_bf16", lambda: False)
+    assert kernels.draft_dtype(target) == torch.float32
+    monkeypatch.setattr(kernels, "cpu_has_bf16", lambda: True)
+    assert kernels.draft_dtype(target) == torch.bfloat16
+    assert kernels.draft_dtype(target, "float32") == torch.float32
+    with pytest.raises(ConfigError, match="draft dtype"):
+        kernels.draft_dtype(target, "int8")
+    head = registry.create("heads", "eagle", {"draft_vocab": 64}, target=target)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    head.prepare_drafting(torch.bfloat16)
+    assert head.fc.weight.dtype == torch.bfloat16 and head.lm_rows.dtype == torch.bfloat16
+    prompt, cfg = [0, 5, 6, 7, 8, 5, 6, 7], GenerationConfig(24, stop_at_eos=False)
+    plain = SpeculativeEngine(target).generate(prompt, cfg).token_ids
+    result = SpeculativeEngine(target, head).generate(prompt, cfg)
+    assert result.token_ids == plain and result.drafted > 0
