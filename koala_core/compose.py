@@ -49,10 +49,9 @@ def build_engine(model: str = "default", head: str | None = "default", checkpoin
     ver = reg.create("verifiers", verifier, verifier_options) if verifier else None
     if ver is not None:
         check_verifier(ver, sampling)
-    from .kernels import DRAFT_DTYPES
+    from .kernels import check_draft_dtype
 
-    if draft_dtype not in DRAFT_DTYPES:
-        raise ConfigError(f"unknown draft dtype {draft_dtype!r}; choose one of {', '.join(DRAFT_DTYPES)}")
+    check_draft_dtype(draft_dtype)  # before the model loads
     target = load_target(model, device=device, dtype=dtype, kernels=kernels)
     drafter = make_drafter(target, head, head_options, ck, reg, draft_dtype)
     return SpeculativeEngine(target, drafter, policy if drafter is not None else None, ver)

@@ -37,14 +37,18 @@ def cpu_has_bf16() -> bool:
 DRAFT_DTYPES = ("auto", "float32", "bfloat16")
 
 
-def draft_dtype(target, choice: str = "auto") -> torch.dtype:
-    """The dtype a draft head computes in. Drafts need no bit-exactness (the target verifies every
-    token in its own dtype), so ``auto`` drafts in bf16 where that is fast (CUDA, or a CPU with
-    native bf16) and in the target's dtype elsewhere."""
+def check_draft_dtype(choice: str) -> None:
     from .errors import ConfigError
 
     if choice not in DRAFT_DTYPES:
         raise ConfigError(f"unknown draft dtype {choice!r}; choose one of {', '.join(DRAFT_DTYPES)}")
+
+
+def draft_dtype(target, choice: str = "auto") -> torch.dtype:
+    """The dtype a draft head computes in. Drafts need no bit-exactness (the target verifies every
+    token in its own dtype), so ``auto`` drafts in bf16 where that is fast (CUDA, or a CPU with
+    native bf16) and in the target's dtype elsewhere."""
+    check_draft_dtype(choice)
     if choice != "auto":
         return torch.float32 if choice == "float32" else torch.bfloat16
     if target.dtype != torch.float32:

@@ -32,6 +32,8 @@ from koala_core.errors import ConfigError
 from koala_core.interfaces import DraftContext, DraftHead, TreePolicy
 from koala_core.tree import Tree
 
+from .policies import add_children
+
 BUCKETS = 10  # draft-probability buckets of the calibration table
 DEPTHS = 4  # depth 4 and deeper share one row
 PRIOR = 4.0  # pseudo-trials behind "the draft probability is right"
@@ -199,18 +201,12 @@ class AutoPolicy(TreePolicy):
         frontier = [0]
         levels = 0
         for _ in range(min(cfg.max_depth, ctx.budget.max_depth)):
-            cand = head.expand(tree, frontier, cfg.top_k)
-            born = []
-            for row, parent in enumerate(frontier):
-                for j in range(cand.tokens.shape[1]):
-                    token = int(cand.tokens[row, j])
-                    if token < 0:
-                        continue
-                    logp = float(cand.logprobs[row, j])
-                    node = tree.add(parent, token, logp)
-                    accept = min(1.0, self.scale() * self.acceptance(tree.depths[node], math.exp(logp)))
-                    path_p.append(path_p[parent] * accept)
-                    born.append(node)
+            born = add_children(tree, frontier, head.expand(tree, frontier, cfg.top_k))
+            for node in born:
+                parent = tree.parents[node]
+                p = math.exp(tree.scores[node] - tree.scores[parent])  # the draft's, given the parent
+                accept = min(1.0, self.scale() * self.acceptance(tree.depths[node], p))
+                path_p.append(path_p[parent] * accept)
             if not born:
                 break
             born.sort(key=lambda i: -path_p[i])

@@ -19,6 +19,17 @@ PRESETS: dict[str, tuple[tuple[int, ...], ...]] = {
 }
 
 
+def add_children(tree: Tree, parents: list[int], cand) -> list[int]:
+    """Add every proposal of ``cand`` (one row per parent) to ``tree``; returns the new nodes."""
+    born = []
+    for row, parent in enumerate(parents):
+        for j in range(cand.tokens.shape[1]):
+            token = int(cand.tokens[row, j])
+            if token >= 0:
+                born.append(tree.add(parent, token, float(cand.logprobs[row, j])))
+    return born
+
+
 def _check_positive(**values: int) -> None:
     for key, value in values.items():
         if value < 1:
@@ -123,13 +134,7 @@ class DynamicPolicy(TreePolicy):
         tree = Tree(ctx.root)
         frontier = [0]
         for _ in range(min(cfg.depth, ctx.budget.max_depth)):
-            cand = head.expand(tree, frontier, cfg.top_k)
-            born = []
-            for row, parent in enumerate(frontier):
-                for j in range(cand.tokens.shape[1]):
-                    token = int(cand.tokens[row, j])
-                    if token >= 0:
-                        born.append(tree.add(parent, token, float(cand.logprobs[row, j])))
+            born = add_children(tree, frontier, head.expand(tree, frontier, cfg.top_k))
             if not born:
                 break
             born.sort(key=lambda i: -tree.scores[i])
