@@ -3,8 +3,11 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PROMPT ?= Write a short poem about koalas, then repeat its first line.
+# A second venv with vLLM's `speculators` package (it pins transformers <= 5.19): the interop tests
+# load koala's exported heads with it. Kept apart so koala's own install stays lean.
+INTEROP_VENV ?= .venv-interop
 
-.PHONY: demo test test-fast bench bench-cost serve setup clean
+.PHONY: demo test test-fast bench bench-cost serve setup interop-venv clean
 
 $(BIN)/koala: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,14 +22,24 @@ $(BIN)/koala: pyproject.toml
 
 setup: $(BIN)/koala
 
+$(INTEROP_VENV)/bin/speculators-ok: tests/interop/requirements.txt
+	test -x $(INTEROP_VENV)/bin/python || $(PY) -m venv $(INTEROP_VENV)
+	$(INTEROP_VENV)/bin/pip install -q "torch==2.13.0"
+	$(INTEROP_VENV)/bin/pip install -q -r tests/interop/requirements.txt
+	$(INTEROP_VENV)/bin/pip install -q --no-deps "speculators==0.9.0"
+	$(INTEROP_VENV)/bin/python -c "from speculators.models.eagle3 import Eagle3DraftModel"
+	touch $@
+
+interop-venv: $(INTEROP_VENV)/bin/speculators-ok
+
 demo: setup
 	$(BIN)/koala generate --max-new-tokens 96 "$(PROMPT)"
 
 serve: setup
 	$(BIN)/koala serve
 
-test: setup
-	$(BIN)/python -m pytest -q
+test: setup interop-venv
+	KOALA_INTEROP_PYTHON=$(INTEROP_VENV)/bin/python $(BIN)/python -m pytest -q
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -38,4 +51,4 @@ bench-cost: setup
 	$(BIN)/python -m pytest benchmarks/test_verify_cost.py --benchmark-only -q
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(INTEROP_VENV) *.egg-info

@@ -52,6 +52,7 @@ class TargetModel:
         self.tokenizer = tokenizer
         self.name = name
         self.kernels = "torch"  # load_target sets "onednn" when it swaps the Linear kernels
+        self.folder = None  # load_target sets the HF folder the model came from
         self.config = model.config
         params = inspect.signature(self.decoder.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -120,12 +121,13 @@ class TargetModel:
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, cache, positions: torch.Tensor | None = None,
-                tree_mask: torch.Tensor | None = None) -> torch.Tensor:
+                tree_mask: torch.Tensor | None = None, aux_layers: tuple[int, ...] = ()):
         """Run the decoder over new tokens and append their keys/values to ``cache``.
 
         input_ids: (n,) new tokens; positions: (n,) their position ids (default: past_len + arange);
         tree_mask: (n, n) bool, ``tree_mask[i, j]`` = node i may attend to node j (default causal).
-        Returns the final-norm hidden states (n, D).
+        Returns the final-norm hidden states (n, D); with ``aux_layers`` (see :meth:`check_aux_layers`)
+        a pair: those and the inputs of the listed decoder layers side by side, (n, len(ids) * D).
         """
         n = input_ids.shape[0]
         past = self.cache_length(cache)
@@ -135,8 +137,38 @@ class TargetModel:
         if tree_mask is not None:
             mask = self.tree_attention_mask(tree_mask, past, positions)
         out = self.decoder(input_ids=input_ids[None], position_ids=positions[None],
-                           attention_mask=mask, use_cache=True, **{self._cache_kw: cache})
-        return out.last_hidden_state[0]  # (n, D)
+                           attention_mask=mask, use_cache=True, output_hidden_states=bool(aux_layers),
+                           **{self._cache_kw: cache})
+        hidden = out.last_hidden_state[0]  # (n, D)
+        if not aux_layers:
+            return hidden
+        # hidden_states[i] is the input of decoder layer i (0: the embeddings)
+        return hidden, torch.cat([out.hidden_states[i][0] for i in aux_layers], -1)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    def check_aux_layers(self, ids) -> tuple[int, ...]:
+        """Auxiliary layer ids (EAGLE-3's feature fusion), each the index of a decoder layer whose
+        *input* is taken (0 = the embeddings, ``num_layers - 1`` = the last layer's input; the
+        convention of vLLM and ``speculators``). ``ids``: a sequence, a string ``"2,15,27"``, ``""``
+        (none) or ``"eagle3"`` (EAGLE-3's choice: 2, num_layers // 2, num_layers - 3)."""
+        if isinstance(ids, str):
+            spec = ids.strip()
+            if spec == "eagle3":
+                ids = (2, self.num_layers // 2, self.num_layers - 3)
+            else:
+                try:
+                    ids = [int(x) for x in spec.split(",") if x.strip()]
+                except ValueError:
+                    raise ModelError(f"aux layers {spec!r}: give layer ids like '2,15,27' or "
+                                     f"'eagle3'") from None
+        ids = tuple(int(i) for i in ids)
+        if len(set(ids)) != len(ids) or any(not 0 <= i < self.num_layers for i in ids):
+            raise ModelError(f"aux layers {list(ids)} must be distinct layer ids in "
+                             f"0..{self.num_layers - 1} (this model has {self.num_layers} layers)")
+        return ids
 
     def tree_attention_mask(self, tree_mask: torch.Tensor, past: int, positions: torch.Tensor):
         """The additive (1, 1, n, past + n) mask of a tree forward: every node sees the cache and,

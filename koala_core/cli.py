@@ -211,22 +211,34 @@ def policy_summary(engine) -> dict | None:
 @click.option("--skip", default=0, show_default=True,
               help="Pass over the first N records (and the conversation the last one belongs to): "
               "a held-out set for heads trained on the records before N.")
+@click.option("--aux-layers", default="", help="Also cache the inputs of these decoder layers, "
+              "for heads that fuse them (EAGLE-3): ids like 2,15,27, or 'eagle3' (2, L/2, L-3).")
 @click.option("--device", default="cpu", show_default=True)
-def prepare(model, out, max_tokens, max_length, topk, data, skip, device) -> None:
-    """Run the frozen target over ShareGPT and cache what training needs (resumable).
+def prepare(model, out, max_tokens, max_length, topk, data, skip, aux_layers, device) -> None:
+    """Run the frozen target over ShareGPT and cache what training needs (resumable; data-parallel
+    under torchrun / accelerate launch, each worker taking every N-th record).
 
     Every record of one conversation lands in the same split (by conversation id), and records
     repeating an earlier prompt are dropped, so validation text is never seen in training."""
-    from .data import PrepareConfig, prepare as run_prepare
+    from .data import PrepareConfig, prepare_parts
+    from .distributed import workers as join_workers
     from .model import cache_dir, load_target
 
-    config = PrepareConfig(max_tokens=max_tokens, max_length=max_length, topk=topk, skip=skip)
+    config = PrepareConfig(max_tokens=max_tokens, max_length=max_length, topk=topk, skip=skip,
+                           aux_layers=aux_layers)
     out = out or str(cache_dir() / "data" / (f"sharegpt-{max_tokens}"
                                              + (f"-skip{skip}" if skip else "")))
-    target = load_target(model, device=device)
-    manifest = run_prepare(target, out, config, data=data)
-    click.echo(f"{out}: {manifest['tokens']['train']} train + {manifest['tokens']['val']} "
-               f"validation tokens")
+    team = join_workers(device)
+    if team.distributed and device.startswith("cuda"):
+        device = f"cuda:{team.local_rank}"
+    try:
+        target = load_target(model, device=device)
+        manifest = prepare_parts(target, out, config, team, data=data)
+    finally:
+        team.close()
+    if team.main:
+        click.echo(f"{out}: {manifest['tokens']['train']} train + {manifest['tokens']['val']} "
+                   f"validation tokens" + (f" ({team.world} workers)" if team.distributed else ""))
 
 
 @main.command()
@@ -238,7 +250,11 @@ def prepare(model, out, max_tokens, max_length, topk, data, skip, device) -> Non
 @click.option("--loss", default="", help="Loss plugin (default: ce for medusa/hydra, feature for eagle).")
 @click.option("--loss-option", "loss_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--steps", default=1000, show_default=True)
-@click.option("--batch-size", default=8, show_default=True)
+@click.option("--batch-size", default=8, show_default=True, help="Windows per step (the global "
+              "batch over all workers).")
+@click.option("--micro-batches", default=1, show_default=True,
+              help="Split each batch into this many chunks, gradients accumulated; under torchrun "
+              "or accelerate launch, split over the workers (a multiple of their number).")
 @click.option("--window", default=256, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--warmup", default=50, show_default=True)
@@ -263,10 +279,14 @@ def prepare(model, out, max_tokens, max_length, topk, data, skip, device) -> Non
 @click.option("--tree", default=None, help="Tree policy recorded as the checkpoint's default.")
 @click.option("--tree-option", "tree_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--device", default="cpu", show_default=True)
-def train(model, data, out, head, head_options, loss, loss_options, steps, batch_size, window, lr,
-          warmup, seed, eval_every, precision, discriminator, disc_options, adv_loss, adv_options, adv_weight,
-          adv_warmup, d_lr, d_steps, recipe, resume, tree, tree_options, device) -> None:
-    """Train a draft head from prepared data (supervised, plus adversarial with --discriminator)."""
+def train(model, data, out, head, head_options, loss, loss_options, steps, batch_size, micro_batches,
+          window, lr, warmup, seed, eval_every, precision, discriminator, disc_options, adv_loss,
+          adv_options, adv_weight, adv_warmup, d_lr, d_steps, recipe, resume, tree, tree_options,
+          device) -> None:
+    """Train a draft head from prepared data (supervised, plus adversarial with --discriminator).
+
+    Data-parallel on N workers: `torchrun --nproc-per-node N -m koala_core.cli train ...` or
+    `accelerate launch --num_processes N -m koala_core.cli train ...` with --micro-batches N."""
     from .model import load_target
     from .training import train as run_train
 
@@ -280,7 +300,8 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
         _refuse_with_recipe(ctx, ("head", "head_options", "loss", "loss_options", "discriminator",
                                   "disc_options", "adv_loss", "adv_options", "adv_weight",
                                   "adv_warmup", "d_lr", "d_steps", "model"))
-        given = {k: v for k, v in {"steps": steps, "batch_size": batch_size, "window": window,
+        given = {k: v for k, v in {"steps": steps, "batch_size": batch_size,
+                                   "micro_batches": micro_batches, "window": window,
                                    "lr": lr, "warmup": warmup, "seed": seed,
                                    "eval_every": eval_every, "precision": precision}.items()
                  if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
@@ -298,7 +319,8 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
             adv_warmup=adv_warmup, d_lr=d_lr, d_steps=d_steps)
         config = TrainConfig(head=head, head_options=_parse_options(head_options, "--head-option"),
                              loss=loss, loss_options=_parse_options(loss_options, "--loss-option"),
-                             steps=steps, batch_size=batch_size, window=window, lr=lr, warmup=warmup,
+                             steps=steps, batch_size=batch_size, micro_batches=micro_batches,
+                             window=window, lr=lr, warmup=warmup,
                              seed=seed, eval_every=eval_every, save_every=eval_every,
                              precision=precision, adversary=adversary)
     from .registry import default_registry
@@ -308,10 +330,20 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
         opts = _parse_options(tree_options, "--tree-option")
         default_registry().create("tree_policies", tree, opts)  # validate before training
         tree_spec = (tree, opts)
-    target = load_target(model, device=device)
-    metrics = run_train(target, data, out, config, resume=resume, tree=tree_spec)
-    accs = " ".join(f"{a:.3f}" for a in metrics["val_top1"])
-    click.echo(f"{out}: validation top-1 per depth {accs} ({metrics['train_seconds']} s)")
+    from .distributed import workers as join_workers
+
+    team = join_workers(device)
+    if team.distributed and device.startswith("cuda"):
+        device = f"cuda:{team.local_rank}"
+    try:
+        target = load_target(model, device=device)
+        metrics = run_train(target, data, out, config, resume=resume, tree=tree_spec, workers=team)
+    finally:
+        team.close()
+    if team.main:
+        accs = " ".join(f"{a:.3f}" for a in metrics["val_top1"])
+        workers = f", {team.world} workers" if team.distributed else ""
+        click.echo(f"{out}: validation top-1 per depth {accs} ({metrics['train_seconds']} s{workers})")
 
 
 @main.command()
@@ -495,34 +527,103 @@ def ablate(data, out, families, layers, head_options, tree, tree_options, steps,
     click.echo(open(f"{out}/ablation.md").read())
 
 
+@main.command("export")
+@click.argument("checkpoint")
+@click.option("--format", "fmt", default="speculators", show_default=True,
+              type=click.Choice(["speculators", "sglang"]),
+              help="speculators: vLLM's draft-head format; sglang: the EAGLE-3 release layout.")
+@click.option("-o", "--out", required=True, help="Folder to write.")
+@click.option("--verifier", default=None, help="The target's name as the serving engine finds it "
+              "(e.g. an HF id); default: the local model folder.")
+@click.option("--dtype", default="float32", show_default=True,
+              type=click.Choice(["float32", "bfloat16", "float16"]),
+              help="Of the written weights (float32 keeps koala's fp32 drafting exact).")
+@click.option("--model", default="default", show_default=True)
+def export(checkpoint, fmt, out, verifier, dtype, model) -> None:
+    """Write an EAGLE-3 head in a format serving engines load (vLLM, SGLang)."""
+    from .export import export_head
+    from .model import load_target
+    from .shipped import resolve_checkpoint
+
+    target = load_target(model, kernels="torch")
+    folder = export_head(resolve_checkpoint(checkpoint), target, out, fmt, verifier=verifier,
+                         dtype=dtype)
+    click.echo(f"{folder}: {fmt} EAGLE-3 head (verifier: "
+               f"{verifier or target.folder})")
+
+
+@main.command("import")
+@click.argument("folder")
+@click.option("-o", "--out", required=True, help="Koala checkpoint folder to write.")
+@click.option("--model", default="default", show_default=True)
+def import_(folder, out, model) -> None:
+    """Read a speculators (or sglang-layout) EAGLE-3 head into a koala checkpoint."""
+    from .export import import_head
+    from .model import load_target
+
+    target = load_target(model, kernels="torch")
+    click.echo(f"{import_head(folder, target, out)}: koala eagle checkpoint")
+
+
 @main.command("eval")
 @click.option("--checkpoint", required=True, help="A checkpoint folder or a shipped head's name.")
-@click.option("--data", required=True, help="Folder made by `koala prepare`.")
+@click.option("--data", default=None, help="Folder made by `koala prepare`: teacher-forced top-1.")
 @click.option("--split", default="val", show_default=True, type=click.Choice(["val", "train", "all"]))
 @click.option("--window", default=256, show_default=True)
+@click.option("--prompts", default=None, help="mtbench | gsm8k | FILE.jsonl: free-running "
+              "acceptance per depth (the head drafts a chain of its own guesses, the target verifies).")
+@click.option("--offset", default=0, show_default=True)
+@click.option("--limit", default=None, type=int, help="Prompts to run (default: 10 of a built-in "
+              "set, a whole file).")
+@click.option("--depth", default=5, show_default=True, help="Chain length drafted per step.")
+@click.option("--max-new-tokens", default=64, show_default=True)
 @click.option("--model", default="default", show_default=True)
 @kernels_option
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(checkpoint, data, split, window, model, kernels, as_json) -> None:
-    """Teacher-forced top-1 accuracy of a head, per draft depth, against the target's own tokens."""
+def evaluate(checkpoint, data, split, window, prompts, offset, limit, depth, max_new_tokens, model,
+             kernels, as_json) -> None:
+    """A head's accuracy per draft depth: teacher-forced top-1 against the target's own tokens on
+    prepared data (--data), and/or free-running acceptance on prompts (--prompts), which is what
+    predicts tau."""
     from .checkpoint import Checkpoint
-    from .data import load_split
     from .model import load_target
     from .shipped import resolve_checkpoint
-    from .training import WindowSampler, evaluate as run_eval
 
+    if not data and not prompts:
+        raise ConfigError("koala eval needs --data (teacher-forced) and/or --prompts (free-running)")
     ck = Checkpoint.open(resolve_checkpoint(checkpoint))
     target = load_target(model, kernels=kernels)
     head = ck.build_head(target, draft_dtype="float32")  # the head as trained
-    tokens = load_split(data, split)
-    accs = run_eval(head, WindowSampler(tokens, window, target.device))
-    positions = int(tokens["loss_mask"].sum())
-    if as_json:
-        click.echo(json.dumps({"checkpoint": str(ck.folder), "data": data, "split": split,
-                               "positions": positions, "top1": accs}))
-        return
-    click.echo(f"{ck.folder.name} on {data} ({split}, {positions} positions): top-1 per depth "
-               + " ".join(f"{a:.3f}" for a in accs))
+    report: dict = {"checkpoint": str(ck.folder)}
+    lines = []
+    if data:
+        from .data import load_split
+        from .training import WindowSampler, evaluate as run_eval
+
+        tokens = load_split(data, split, head.aux_layers)
+        accs = run_eval(head, WindowSampler(tokens, window, target.device))
+        positions = int(tokens["loss_mask"].sum())
+        report.update({"data": data, "split": split, "positions": positions, "top1": accs})
+        lines.append(f"{ck.folder.name} on {data} ({split}, {positions} positions): teacher-forced "
+                     f"top-1 per depth " + " ".join(f"{a:.3f}" for a in accs))
+    if prompts:
+        from .acceptance import chain_acceptance
+        from .bench import select_prompts
+        from .engine import SpeculativeEngine
+        from .prompts import encode_prompt
+        from .registry import default_registry
+
+        chosen = select_prompts(prompts, offset, limit)
+        engine = SpeculativeEngine(target, head, default_registry().create(
+            "tree_policies", "chain", {"depth": depth}))
+        stats = chain_acceptance(engine, [encode_prompt(target.tokenizer, p["prompt"])
+                                          for p in chosen], depth, max_new_tokens)
+        report["free_running"] = {"prompts": prompts, "offset": offset, "count": len(chosen),
+                                  **stats.as_dict()}
+        lines.append(f"{ck.folder.name} free-running on {len(chosen)} prompts of {prompts} "
+                     f"(chain of {depth}, {stats.steps} steps): acceptance per depth "
+                     + " ".join(f"{a:.3f}" for a in stats.rates) + f", tau {stats.tau:.2f}")
+    click.echo(json.dumps(report) if as_json else "\n".join(lines))
 
 
 @main.command()

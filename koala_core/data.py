@@ -1,7 +1,8 @@
 """Training data: ShareGPT conversations run through the frozen target once, cached in shards.
 
 ``prepare`` applies the chat template, runs the target with teacher forcing and stores, per token:
-the input id, the target's final hidden state (fp16), the target's own next-token choice (its
+the input id, the target's final hidden state (fp16), optionally the inputs of a few decoder layers
+(EAGLE-3's fused features, bf16), the target's own next-token choice (its
 argmax: the label, since what is verified at inference is the target's choice, not the ShareGPT
 text), optionally its top-k log-probabilities, and whether the position lies in an assistant turn.
 Shards are safetensors files written atomically; a manifest makes the run resumable.
@@ -101,6 +102,7 @@ class PrepareConfig:
     topk: int = 0  # also cache the target's top-k log-probs (0: labels only)
     shard_tokens: int = 16_384
     skip: int = 0  # records to pass over first (a held-out set: conversations a training run never saw)
+    aux_layers: str = ""  # also cache the inputs of these decoder layers ("2,15,27" or "eagle3")
 
     def __post_init__(self):
         if (self.max_tokens < 1 or self.max_length < 8 or self.val_every < 2 or self.topk < 0
@@ -156,21 +158,61 @@ class ShardWriter:
 MANIFEST_FORMAT = 2  # 2: split by conversation id, duplicate prompts dropped
 
 
+def prepare_parts(target, out: str | Path, config: PrepareConfig, workers, data=None,
+                  progress: bool = True) -> dict:
+    """:func:`prepare` on data-parallel workers (torchrun / accelerate launch): worker r of N takes
+    every N-th record into ``out/part-r-of-N`` (a budget of max_tokens / N), then rank 0 writes the
+    manifest of the whole set. Each part resumes on its own; the number of workers must stay."""
+    if not workers.distributed:
+        return prepare(target, out, config, data, progress)
+    out = Path(out)
+    top = out / "manifest.json"
+    if workers.main and top.is_file():
+        parts = json.loads(top.read_text()).get("parts", 1)
+        if parts != workers.world:
+            raise KoalaError(f"{out} was prepared by {parts} worker(s); resume it with as many, or "
+                             f"prepare into a new --out")
+    workers.barrier()
+    rank, world = workers.rank, workers.world
+    sub = f"part-{rank}-of-{world}"
+    prepare(target, out / sub, config, data, progress and workers.main, part=(rank, world))
+    workers.barrier()
+    if workers.main:
+        manifests = {f"part-{r}-of-{world}": json.loads((out / f"part-{r}-of-{world}" /
+                                                          "manifest.json").read_text())
+                     for r in range(world)}
+        merged = {"format": MANIFEST_FORMAT, "config": asdict(config),
+                  "target": target.identity().as_dict(), "parts": world,
+                  "aux_layers": manifests[sub]["aux_layers"],
+                  "shards": [f"{name}/{n}" for name, m in manifests.items() for n in m["shards"]],
+                  "tokens": {s: sum(m["tokens"][s] for m in manifests.values()) for s in ("train", "val")},
+                  "records": {s: [r for m in manifests.values() for r in m["records"][s]]
+                              for s in ("train", "val")},
+                  "complete": all(m["complete"] for m in manifests.values())}
+        write_json_atomic(top, merged)
+    workers.barrier()
+    return json.loads(top.read_text())
+
+
 @torch.inference_mode()
 def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
-            data: str | Path | None = None, progress: bool = True) -> dict:
+            data: str | Path | None = None, progress: bool = True,
+            part: tuple[int, int] = (0, 1)) -> dict:
     """Cache the target's outputs over ShareGPT into ``out``; resumes where a previous run stopped.
 
     Every record of one conversation goes to the same split (chosen by the conversation id), and a
     record whose first prompt already appeared earlier in the file is dropped, so no validation
     text was seen in training. ``config.skip`` passes over the first records (and the rest of the
     conversation the last of them belongs to): a held-out set for heads trained on the records
-    before it.
+    before it. ``part`` (r, N): only every N-th record from the r-th, with max_tokens / N of the
+    budget (one worker's share, see :func:`prepare_parts`).
     """
     from tqdm.auto import tqdm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    rank, world = part
+    budget = -(-config.max_tokens // world)  # this part's share of the tokens
     manifest_path = out / "manifest.json"
     ident = target.identity().as_dict()
     manifest = {"format": MANIFEST_FORMAT, "config": asdict(config), "target": ident, "shards": [],
@@ -178,29 +220,35 @@ def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
                 "records": {"train": [], "val": []}, "complete": False}
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text())
+        if old.get("parts", 1) != 1:
+            raise KoalaError(f"{out} was prepared by {old['parts']} workers; resume it with as many "
+                             f"(torchrun / accelerate launch), or prepare into a new --out")
         if old.get("format") != MANIFEST_FORMAT:
             raise KoalaError(f"{out} was prepared by an older koala (validation split by record, "
                              f"leaky); prepare into a new --out")
         if old.get("target") != ident:
             raise KoalaError(f"{out} holds data prepared for another model; choose a new --out")
         fixed = {k: v for k, v in asdict(config).items() if k != "max_tokens"}
-        if {k: v for k, v in old.get("config", {}).items() if k != "max_tokens"} != fixed:
+        was = {"aux_layers": "", **old.get("config", {})}  # sets made before the option
+        if {k: v for k, v in was.items() if k != "max_tokens"} != fixed:
             raise KoalaError(f"{out} was prepared with other settings ({old.get('config')}); "
                              f"use the same settings to resume (only --max-tokens may grow), "
                              f"or a new --out")
         manifest = old
         have = manifest["tokens"]["train"] + manifest["tokens"]["val"]
-        if manifest["complete"] and (have >= config.max_tokens or manifest.get("exhausted")):
+        if manifest["complete"] and (have >= budget or manifest.get("exhausted")):
             return manifest
         manifest["config"] = asdict(config)
         manifest["complete"] = False
     tok = target.tokenizer
+    aux_layers = target.check_aux_layers(config.aux_layers)
+    manifest["aux_layers"] = list(aux_layers)
     counts = manifest["tokens"]
     writers = {s: ShardWriter(out, s, config.shard_tokens,
                               sum(1 for n in manifest["shards"] if n.startswith(s)))
                for s in ("train", "val")}
     done = manifest["conversations_done"]
-    bar = tqdm(total=config.max_tokens, initial=counts["train"] + counts["val"], unit="tok",
+    bar = tqdm(total=budget, initial=counts["train"] + counts["val"], unit="tok",
                desc="prepare", disable=not progress)
 
     pending: dict[str, list[str]] = {"train": [], "val": []}  # record ids not yet in a shard
@@ -224,9 +272,9 @@ def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
         if index < config.skip:
             skipped.add(conv.conversation)
             continue
-        if index < done or duplicate or conv.conversation in skipped:
+        if index < done or duplicate or conv.conversation in skipped or index % world != rank:
             continue
-        if counts["train"] + counts["val"] >= config.max_tokens:
+        if counts["train"] + counts["val"] >= budget:
             break
         messages = conv.messages
         ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=False)
@@ -235,12 +283,16 @@ def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
         if len(ids) < 8 or sum(mask) == 0:
             continue
         x = torch.tensor(ids, device=target.device)
-        hidden = target.forward(x, target.new_cache())  # (T, D)
+        hidden = target.forward(x, target.new_cache(), aux_layers=aux_layers)  # (T, D)
+        if aux_layers:
+            hidden, aux = hidden
         logits = target.logits(hidden)  # (T, V)
         split = split_of(conv.conversation, config.val_every)
         arrays = dict(input_ids=x.to("cpu", torch.int32), hidden=hidden.to("cpu", torch.float16),
                       labels=logits.argmax(-1).to("cpu", torch.int32),
                       loss_mask=torch.tensor(mask, dtype=torch.uint8))
+        if aux_layers:
+            arrays["aux"] = aux.to("cpu", torch.bfloat16)  # residual streams: beyond fp16 range at times
         if config.topk:
             top = torch.log_softmax(logits, -1).topk(config.topk, -1)
             arrays["topk_ids"] = top.indices.to("cpu", torch.int32)
@@ -261,22 +313,33 @@ def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
     return manifest
 
 
-def load_split(folder: str | Path, split: str) -> dict[str, torch.Tensor]:
+def load_split(folder: str | Path, split: str, aux_layers=()) -> dict[str, torch.Tensor]:
     """All shards of one split (``train``, ``val`` or ``all``), concatenated (``lengths`` gives the
-    conversation boundaries)."""
+    conversation boundaries). ``aux``, the cached inputs of some decoder layers, is kept only when
+    ``aux_layers`` asks for them (and must be what the data holds)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
         raise KoalaError(f"{folder} has no prepared data (no manifest.json): run `koala prepare`")
-    names = [n for n in json.loads(manifest_path.read_text())["shards"] if split == "all" or n.startswith(split)]
+    manifest = json.loads(manifest_path.read_text())
+    aux_layers = [int(i) for i in aux_layers]
+    have = manifest.get("aux_layers", [])
+    if aux_layers and aux_layers != have:
+        ids = ",".join(map(str, aux_layers))
+        raise KoalaError(f"this head fuses the inputs of layers {aux_layers} but {folder} holds "
+                         f"{have or 'none'}: prepare the data with --aux-layers {ids}")
+    names = [n for n in manifest["shards"] if split == "all" or Path(n).name.startswith(split)]
     if not names:
         raise KoalaError(f"{folder} has no {split} shards: prepare more tokens")
     parts = []
     for n in names:
         try:
-            parts.append(load_file(folder / n))
+            part = load_file(folder / n)
+            if not aux_layers:
+                part.pop("aux", None)
+            parts.append(part)
         except Exception as exc:
             raise KoalaError(f"shard {folder / n} is unreadable ({exc}); delete it and its entry in "
                              f"manifest.json, then rerun `koala prepare` to resume") from exc

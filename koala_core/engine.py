@@ -102,6 +102,11 @@ class GenerationResult:
         return self.accepted / self.drafted if self.drafted else 0.0
 
 
+def _split(out) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The target's forward output as (hidden, aux): aux is None when no aux layers were asked."""
+    return out if isinstance(out, tuple) else (out, None)
+
+
 def default_verifier_name(sampling: Sampling) -> str:
     """The one rule for the verifier nobody named: greedy at T=0, exact rejection sampling at T>0."""
     return "greedy" if sampling.greedy else "rejection"
@@ -178,12 +183,15 @@ class SpeculativeEngine:
 
         cache = self.cache = target.new_cache()  # kept on the engine for inspection and tests
         t0 = time.perf_counter()
-        hidden = target.forward(torch.tensor(prompt_ids, device=device), cache)  # (P, D)
+        aux_layers = self.head.aux_layers if self.head is not None else ()
+        hidden, aux = _split(target.forward(torch.tensor(prompt_ids, device=device), cache,
+                                            aux_layers=aux_layers))  # (P, D), (P, n_aux * D)
         root = choose(target.logits(hidden[-1:])[0], sampling, generator)
         emitted = 1
         yield Step([root], 0, 0, prefill=True, verify_s=time.perf_counter() - t0)
         tokens = list(prompt_ids) + [root]
         unseen = hidden  # (a, D): states that entered the cache since the head last drafted
+        unseen_aux = aux
         step = 0
         policy = self.tree_policy
         while emitted < max_new and root not in eos:
@@ -191,10 +199,10 @@ class SpeculativeEngine:
             budget = TreeBudget(max_nodes=config.max_tree_nodes, max_depth=max(0, room - 1))
             t0 = time.perf_counter()
             if self.head is not None and budget.max_depth > 0 and policy.should_draft(step):
-                ctx = DraftContext(tokens, unseen, budget, sampling, step)
+                ctx = DraftContext(tokens, unseen, budget, sampling, step, unseen_aux)
                 self.head.begin(ctx)
                 tree = policy.build(self.head, ctx)
-                unseen = None
+                unseen = unseen_aux = None
             else:  # plain decoding this step (no head, no room, or the policy's choice)
                 tree = Tree(root)
             shape = tree.shape()
@@ -203,16 +211,19 @@ class SpeculativeEngine:
             ids = torch.tensor(tree.tokens, device=device)
             t_forward = time.perf_counter()
             if shape.is_chain:  # plain causal attention: no mask to build
-                hidden = target.forward(ids, cache)
+                hidden, aux = _split(target.forward(ids, cache, aux_layers=aux_layers))
             else:
-                hidden = target.forward(ids, cache, positions=shape.depths.to(device) + past,
-                                        tree_mask=shape.mask)
+                hidden, aux = _split(target.forward(ids, cache, positions=shape.depths.to(device) + past,
+                                                    tree_mask=shape.mask, aux_layers=aux_layers))
             logits = target.logits(hidden)  # (n, V)
             t_forward = time.perf_counter() - t_forward
             verdict = verifier.verify(tree, shape, logits, sampling, generator)
             target.keep(cache, past, verdict.path)
             hidden = hidden[verdict.path]  # (a, D): states of the tokens now in the cache
             unseen = hidden if unseen is None else torch.cat([unseen, hidden])
+            if aux is not None:
+                aux = aux[verdict.path]
+                unseen_aux = aux if unseen_aux is None else torch.cat([unseen_aux, aux])
             new = [tree.tokens[i] for i in verdict.path[1:]] + [verdict.bonus]
             t2 = time.perf_counter()
             if policy is not None:

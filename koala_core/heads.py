@@ -26,6 +26,7 @@ class TrainBatch:
     labels: the target's argmax after each position (label[t] predicts token t+1);
     loss_mask: 1 where label[t] is a training target (assistant turns, real tokens);
     topk_ids / topk_logp: the target's top-k log-probs after each position (optional).
+    aux: the inputs of the decoder layers listed by the head's ``aux_layers`` (EAGLE-3).
     """
 
     input_ids: torch.Tensor
@@ -34,6 +35,7 @@ class TrainBatch:
     loss_mask: torch.Tensor
     topk_ids: torch.Tensor | None = None
     topk_logp: torch.Tensor | None = None
+    aux: torch.Tensor | None = None  # inputs of the head's aux layers, (B, L, n * D), if it has any
 
 
 class NeuralHead(DraftHead):
@@ -119,6 +121,10 @@ class NeuralHead(DraftHead):
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """The target's (frozen) input embeddings of target ids."""
         return self.target.embed_tokens(ids).detach()
+
+    def forward(self, batch: TrainBatch) -> list[DepthOutput]:
+        """Training forward (what DDP calls): :meth:`train_outputs`."""
+        return self.train_outputs(batch)
 
     @abc.abstractmethod
     def train_outputs(self, batch: TrainBatch) -> list[DepthOutput]:

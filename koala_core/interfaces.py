@@ -43,6 +43,8 @@ class DraftContext:
     budget: the tree limits for this step.
     sampling: the sampling settings of this generation.
     step: 0 right after prefill, then 1, 2, ...
+    aux: (a, len(aux_layers) * D) the inputs of the decoder layers the head lists in its
+        ``aux_layers`` (EAGLE-3's fused features), row for row with ``hidden``; None if it lists none.
     """
 
     tokens: list[int]
@@ -50,6 +52,7 @@ class DraftContext:
     budget: TreeBudget
     sampling: Sampling = field(default_factory=Sampling)
     step: int = 0
+    aux: torch.Tensor | None = None
 
     @property
     def root(self) -> int:
@@ -89,6 +92,11 @@ class DraftHead(nn.Module, abc.ABC):
         super().__init__()
         self.config = config if config is not None else type(self).Config()
         self.target = target
+
+    @property
+    def aux_layers(self) -> tuple[int, ...]:
+        """Decoder layers whose inputs the engine hands over in ``DraftContext.aux`` (none here)."""
+        return ()
 
     def begin(self, ctx: DraftContext) -> None:
         """Observe a new decode step (update any private state such as a draft KV cache)."""

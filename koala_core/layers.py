@@ -62,12 +62,13 @@ def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor
 
 
 class Attention(nn.Module):
-    def __init__(self, s: LayerShape) -> None:
+    def __init__(self, s: LayerShape, in_features: int | None = None) -> None:
         super().__init__()
         self.s = s
-        self.q_proj = nn.Linear(s.hidden, s.heads * s.head_dim, bias=s.attention_bias)
-        self.k_proj = nn.Linear(s.hidden, s.kv_heads * s.head_dim, bias=s.attention_bias)
-        self.v_proj = nn.Linear(s.hidden, s.kv_heads * s.head_dim, bias=s.attention_bias)
+        d = in_features or s.hidden
+        self.q_proj = nn.Linear(d, s.heads * s.head_dim, bias=s.attention_bias)
+        self.k_proj = nn.Linear(d, s.kv_heads * s.head_dim, bias=s.attention_bias)
+        self.v_proj = nn.Linear(d, s.kv_heads * s.head_dim, bias=s.attention_bias)
         self.o_proj = nn.Linear(s.heads * s.head_dim, s.hidden, bias=False)
 
     def forward(self, x, positions, mask, cache: "KVCache | None" = None, layer: int = 0):
@@ -109,6 +110,44 @@ class DecoderLayer(nn.Module):
     def forward(self, x, positions, mask=None, cache=None, layer: int = 0):
         x = x + self.self_attn(self.input_layernorm(x), positions, mask, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class FusedInputLayer(nn.Module):
+    """EAGLE-3's first layer: its input is [embedding; feature] (2D wide); attention reads both,
+    each RMS-normed on its own (``input_layernorm``, ``hidden_norm``), and the residual stream
+    carries the feature alone. Names match ``speculators``' Llama EAGLE-3 layer."""
+
+    def __init__(self, s: LayerShape) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(s.hidden, s.eps)
+        self.hidden_norm = RMSNorm(s.hidden, s.eps)
+        self.self_attn = Attention(s, in_features=2 * s.hidden)
+        self.post_attention_layernorm = RMSNorm(s.hidden, s.eps)
+        self.mlp = MLP(s)
+
+    def forward(self, x, positions, mask=None, cache=None, layer: int = 0):
+        e, g = x.chunk(2, -1)
+        h = torch.cat([self.input_layernorm(e), self.hidden_norm(g)], -1)
+        x = g + self.self_attn(h, positions, mask, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class GrowingKV:
+    """Keys/values kept by concatenation, any batch size: the unrolled steps of training-time test,
+    where each step's rows attend to the rows of the steps before it."""
+
+    def __init__(self) -> None:
+        self.k: dict[int, torch.Tensor] = {}
+        self.v: dict[int, torch.Tensor] = {}
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        if layer in self.k:
+            k, v = torch.cat([self.k[layer], k], 2), torch.cat([self.v[layer], v], 2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
+
+    def commit(self) -> None:
+        pass
 
 
 class KVCache:

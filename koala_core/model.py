@@ -182,6 +182,7 @@ def load_target(spec: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu", dt
         use_onednn_linears(model)
     target = TargetModel(model, tokenizer, name=str(spec))
     target.kernels = used
+    target.folder = folder  # the HF folder it was loaded from (a serving engine can load it too)
     return target
 
 

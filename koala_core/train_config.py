@@ -52,6 +52,7 @@ class TrainConfig:
     loss_options: dict = field(default_factory=dict)
     steps: int = 1000
     batch_size: int = 8
+    micro_batches: int = 1  # the batch in this many chunks, gradients accumulated (and split over workers)
     window: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -67,9 +68,15 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.adversary, dict):  # from JSON / TOML
             object.__setattr__(self, "adversary", AdversaryConfig(**self.adversary))
-        for name in ("steps", "batch_size", "window", "eval_every", "save_every"):
+        for name in ("steps", "batch_size", "micro_batches", "window", "eval_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train: {name} must be >= 1")
+        if self.batch_size % self.micro_batches:
+            raise ConfigError(f"train: batch_size {self.batch_size} must split into "
+                              f"{self.micro_batches} equal micro-batches")
+        if self.micro_batches > 1 and self.adversary.enabled:
+            raise ConfigError("train: adversarial training runs with --micro-batches 1 in one "
+                              "process (its discriminator is not yet split over workers)")
         if self.lr <= 0 or self.grad_clip <= 0 or not 0 < self.depth_decay <= 1:
             raise ConfigError("train: need lr > 0, grad_clip > 0, 0 < depth_decay <= 1")
         if self.precision not in PRECISIONS:

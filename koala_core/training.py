@@ -20,6 +20,7 @@ from .adversary import Adversary
 from .checkpoint import save_head
 from .files import write_folder_atomic
 from .data import load_split
+from .distributed import Workers, no_sync
 from .errors import ConfigError, KoalaError
 from .heads import NeuralHead, TrainBatch
 from .tensors import load_optimizer, optimizer_tensors
@@ -41,8 +42,8 @@ class WindowSampler:
     def batch(self, picks: list[tuple[int, int]]) -> TrainBatch:
         """picks: (conversation, offset) pairs -> a padded TrainBatch."""
         L = self.window
-        cols = {k: [] for k in ("input_ids", "hidden", "labels", "loss_mask", "topk_ids", "topk_logp")
-                if k in self.split}
+        cols = {k: [] for k in ("input_ids", "hidden", "labels", "loss_mask", "topk_ids", "topk_logp",
+                                "aux") if k in self.split}
         for conv, off in picks:
             a = self.starts[conv] + off
             n = min(L, self.lengths[conv] - off)
@@ -54,15 +55,19 @@ class WindowSampler:
                 col.append(torch.cat([t, pad]))
         s = {k: torch.stack(v).to(self.device) for k, v in cols.items()}
         return TrainBatch(s["input_ids"].long(), s["hidden"], s["labels"].long(),
-                          s["loss_mask"].float(), s.get("topk_ids"), s.get("topk_logp"))
+                          s["loss_mask"].float(), s.get("topk_ids"), s.get("topk_logp"), s.get("aux"))
 
-    def random(self, batch_size: int, gen: torch.Generator) -> TrainBatch:
+    def picks(self, batch_size: int, gen: torch.Generator) -> list[tuple[int, int]]:
+        """Random (conversation, offset) windows of one global batch."""
         convs = torch.randint(0, len(self.lengths), (batch_size,), generator=gen).tolist()
         picks = []
         for c in convs:
             span = max(1, self.lengths[c] - self.window + 1)
             picks.append((c, int(torch.randint(0, span, (1,), generator=gen))))
-        return self.batch(picks)
+        return picks
+
+    def random(self, batch_size: int, gen: torch.Generator) -> TrainBatch:
+        return self.batch(self.picks(batch_size, gen))
 
     def sequential(self, batch_size: int):
         """Every conversation, window by window (for validation)."""
@@ -113,13 +118,20 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 
 def train(target, data: str | Path, out: str | Path, config: TrainConfig = TrainConfig(),
           resume: bool = False, registry=None, progress: bool = True,
-          tree: tuple[str, dict] | None = None) -> dict:
-    """Train ``config.head`` on prepared ``data``; writes the checkpoint to ``out``."""
+          tree: tuple[str, dict] | None = None, workers: Workers = Workers()) -> dict:
+    """Train ``config.head`` on prepared ``data``; writes the checkpoint to ``out``.
+
+    ``workers``: this process's place in a data-parallel run (see :mod:`koala_core.distributed`);
+    each worker runs its share of every batch's ``micro_batches`` chunks, rank 0 writes.
+    """
     from tqdm.auto import tqdm
 
     from .registry import default_registry
 
     reg = registry or default_registry()
+    share = workers.share(config.micro_batches)
+    if workers.distributed and config.adversary.enabled:
+        raise ConfigError("adversarial training runs in one process for now")
     data, out = Path(data), Path(out)
     torch.manual_seed(config.seed)
     head = reg.create("heads", config.head, config.head_options, target=target)
@@ -128,8 +140,8 @@ def train(target, data: str | Path, out: str | Path, config: TrainConfig = Train
     head.to(target.device).train()
     loss_name = config.loss or head.default_loss
     loss_fn = reg.create("losses", loss_name, config.loss_options)
-    train_split = load_split(data, "train")
-    val_split = load_split(data, "val")
+    train_split = load_split(data, "train", head.aux_layers)
+    val_split = load_split(data, "val", head.aux_layers)
     head.set_draft_vocab(draft_vocabulary(train_split, head.vocab_ids.numel(), target.vocab_size))
     sampler = WindowSampler(train_split, config.window, target.device)
     val_sampler = WindowSampler(val_split, config.window, target.device)
@@ -146,50 +158,65 @@ def train(target, data: str | Path, out: str | Path, config: TrainConfig = Train
     if resume:
         step = load_train_state(state_dir, head, opt, gen, config, adversary)
     history: list[dict] = []
-    bar = tqdm(total=config.steps, initial=step, desc=f"train {config.head}", disable=not progress)
+    bar = tqdm(total=config.steps, initial=step, desc=f"train {config.head}",
+               disable=not progress or not workers.main)
     t0 = time.perf_counter()
     accs: list[float] = []
+    model = workers.wrap(head)
+    chunk = config.batch_size // config.micro_batches
     while step < config.steps:
-        batch = sampler.random(config.batch_size, gen)
-        with config.autocast(target.device):
-            outs = [head.to_draft_space(o) for o in head.train_outputs(batch)]
-            losses = [loss_fn(o) for o in outs]
-            total = sum(config.depth_decay ** k * l for k, l in enumerate(losses))
-            post = {"loss": f"{total.item():.3f}"}
-            if adversary is not None:
-                adversary.discriminator_steps(outs, step)
-                total = total + adversary.generator_loss(outs, step, config.depth_decay)
-                post.update({k: f"{v:.3f}" for k, v in adversary.last.items()})
-        if not torch.isfinite(total):
-            raise KoalaError(f"training diverged at step {step} (loss {total.item()}); lower --lr")
+        picks = sampler.picks(config.batch_size, gen)  # the same global batch on every worker
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        loss_sum = 0.0
+        for j, i in enumerate(share):
+            batch = sampler.batch(picks[i * chunk:(i + 1) * chunk])
+            with no_sync(model, last=j == len(share) - 1), config.autocast(target.device):
+                outs = [head.to_draft_space(o) for o in model(batch)]
+                losses = [loss_fn(o) for o in outs]
+                total = sum(config.depth_decay ** k * l for k, l in enumerate(losses))
+                post = {"loss": f"{total.item():.3f}"}
+                if adversary is not None:
+                    adversary.discriminator_steps(outs, step)
+                    total = total + adversary.generator_loss(outs, step, config.depth_decay)
+                    post.update({k: f"{v:.3f}" for k, v in adversary.last.items()})
+                if not torch.isfinite(total):
+                    raise KoalaError(f"training diverged at step {step} (loss {total.item()}); "
+                                     f"lower --lr")
+                (total / len(share)).backward()  # DDP averages over the workers
+            loss_sum += total.item() / len(share)
+        post["loss"] = f"{loss_sum:.3f}"
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         for group in opt.param_groups:
             group["lr"] = config.lr * lr_factor(step, config)
         opt.step()
         step += 1
         bar.update()
-        if step % config.eval_every == 0 or step == config.steps:
+        if workers.main and (step % config.eval_every == 0 or step == config.steps):
             with config.autocast(target.device):
                 accs = evaluate(head, val_sampler)
-            history.append({"step": step, "loss": total.item(), "val_top1": accs,
+            history.append({"step": step, "loss": loss_sum, "val_top1": accs,
                             **(adversary.last if adversary is not None else {})})
             post["acc"] = "/".join(f"{a:.2f}" for a in accs[:4])
         bar.set_postfix(post)
         if step % config.save_every == 0 and step < config.steps:
-            save_train_state(state_dir, head, opt, gen, step, config, adversary)
+            if workers.main:
+                save_train_state(state_dir, head, opt, gen, step, config, adversary)
+            workers.barrier()
     bar.close()
     seconds = time.perf_counter() - t0
     metrics = {"val_top1": accs, "steps": step, "train_seconds": round(seconds, 1),
                "history": history}
     if adversary is not None:
         metrics["adversary"] = {"backoffs": adversary.backoffs, "stopped_at": adversary.stopped_at}
+    if workers.distributed:
+        metrics["workers"] = workers.world
     recipe = {"train": dataclasses.asdict(config), "loss": loss_name, "data": data_summary(data)}
     if adversary is None:
         recipe["train"].pop("adversary")
-    save_head(head, out, config.head, recipe=recipe, metrics=metrics, tree=tree, registry=reg)
-    save_train_state(state_dir, head, opt, gen, step, config, adversary)
+    if workers.main:
+        save_head(head, out, config.head, recipe=recipe, metrics=metrics, tree=tree, registry=reg)
+        save_train_state(state_dir, head, opt, gen, step, config, adversary)
+    workers.barrier()
     return metrics
 
 
@@ -222,6 +249,7 @@ def load_train_state(folder: Path, head, opt, gen, config: TrainConfig,
     saved = {k: v for k, v in meta["config"].items() if k != "steps"}
     saved.setdefault("adversary", dataclasses.asdict(AdversaryConfig()))  # states from before it
     saved.setdefault("precision", "fp32")  # states from before the option
+    saved.setdefault("micro_batches", 1)
     now = {k: v for k, v in dataclasses.asdict(config).items() if k != "steps"}
     if saved != now:
         changed = sorted(k for k in now if saved.get(k) != now[k])

@@ -18,9 +18,10 @@ L = 20
 STEPS = (5, 8, 9, 13)  # the engine's root after each step is token t+1: states up to t are cached
 
 
-def random_head(registry, family, layers, target):
+def random_head(registry, family, layers, target, **options):
     torch.manual_seed(layers)
-    head = registry.create("heads", family, {"layers": layers, "draft_vocab": 64}, target=target)
+    head = registry.create("heads", family, {"layers": layers, "draft_vocab": 64, **options},
+                           target=target)
     head.set_draft_vocab(torch.randperm(96)[:64].sort().values)
     with torch.no_grad():
         for p in head.parameters():  # zero-initialised blocks would make every position alike
@@ -28,24 +29,36 @@ def random_head(registry, family, layers, target):
     return head.eval()
 
 
+EAGLE_VARIANTS = {  # EAGLE with training-time test, and EAGLE-3 (fused layers 0 and 1 of 2)
+    "eagle-ttt": {"ttt_steps": 3},
+    "eagle3": {"aux_layers": "0,1", "ttt_steps": 3},
+}
+
+
 @pytest.mark.parametrize("layers", [1, 2])
-@pytest.mark.parametrize("family", ["medusa", "hydra", "eagle"])
+@pytest.mark.parametrize("family", ["medusa", "hydra", "eagle", *EAGLE_VARIANTS])
 def test_training_outputs_equal_inference_proposals(registry, family, layers):
     target = tiny_target()
-    head = random_head(registry, family, layers, target)
+    options = EAGLE_VARIANTS.get(family, {})
+    head = random_head(registry, family if family not in EAGLE_VARIANTS else "eagle", layers,
+                       target, **options)
     ids = torch.randint(2, 96, (L,), generator=torch.Generator().manual_seed(1))
-    hidden = target.forward(ids, target.new_cache())  # (L, D): the target's f_t
+    hidden, aux = target.forward(ids, target.new_cache(), aux_layers=(0, 1))  # (L, D): the f_t
+    aux = aux if head.aux_layers else None
     # labels[p] is the target's choice after position p; here, the text itself: ids[p + 1]
     labels = torch.cat([ids[1:], ids[:1]])
-    batch = TrainBatch(ids[None], hidden[None].clone(), labels[None], torch.ones(1, L))
+    batch = TrainBatch(ids[None], hidden[None].clone(), labels[None], torch.ones(1, L),
+                       aux=None if aux is None else aux[None].clone())
     with torch.no_grad():
         outs = head.train_outputs(batch)
+    assert len(outs) == options.get("ttt_steps", len(outs))
     train_logp = [torch.log_softmax(o.logits, -1) for o in outs]  # (L, Vd) per depth
     vd = head.vocab_ids.numel()
     prev = -1
     for step, t in enumerate(STEPS):
         # as in the engine: the states of the tokens that entered the cache since the last step
-        ctx = DraftContext(ids[: t + 2].tolist(), hidden[prev + 1: t + 1], TreeBudget(64, 8), step=step)
+        ctx = DraftContext(ids[: t + 2].tolist(), hidden[prev + 1: t + 1], TreeBudget(64, 8),
+                           step=step, aux=None if aux is None else aux[prev + 1: t + 1])
         prev = t
         with torch.inference_mode():  # as the engine runs it
             head.begin(ctx)
