@@ -328,8 +328,8 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
     tree_spec = recipe_tree
     if tree:
         opts = _parse_options(tree_options, "--tree-option")
-        default_registry().create("tree_policies", tree, opts)  # validate before training
-        tree_spec = (tree, opts)
+        policy = default_registry().create("tree_policies", tree, opts)  # validate before training
+        tree_spec = (tree, {k: getattr(policy.config, k) for k in opts})  # typed, as recipes hold them
     from .distributed import workers as join_workers
 
     team = join_workers(device)

@@ -99,6 +99,21 @@ def mtbench_prompts(n: int) -> list[str]:
     return [r["turns"][0] for r in rows[:n]]
 
 
+def tiny_model_folder(root, **prepare_options):
+    """A tiny Llama saved as an HF folder ``root/model`` (loadable with ``--model``), its target,
+    and ShareGPT-style data ``root/s.json`` prepared into ``root/data`` with ``prepare_options``."""
+    from koala_core.data import PrepareConfig, prepare
+    from koala_core.model import load_target
+
+    tiny_model().save_pretrained(root / "model")
+    tiny_tokenizer().save_pretrained(root / "model")
+    target = load_target(str(root / "model"))
+    options = {"max_tokens": 4000, "max_length": 64, "val_every": 4, **prepare_options}
+    prepare(target, root / "data", PrepareConfig(**options), data=write_sharegpt(root / "s.json"),
+            progress=False)
+    return target
+
+
 def write_sharegpt(path, conversations: int = 40, seed: int = 0, vocab: int = 96):
     """A small ShareGPT-format file of t-word conversations, truncated like the real one."""
     import json

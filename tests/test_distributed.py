@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from conftest import tiny_model, tiny_tokenizer, write_sharegpt
+from conftest import tiny_model_folder
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +25,8 @@ ARGS = ["--head", "hydra", "--head-option", "heads=2", "--head-option", "draft_v
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from koala_core.data import PrepareConfig, prepare
-    from koala_core.model import load_target
-
     root = tmp_path_factory.mktemp("dist")
-    tiny_model().save_pretrained(root / "model")
-    tiny_tokenizer().save_pretrained(root / "model")
-    target = load_target(str(root / "model"))
-    prepare(target, root / "data", PrepareConfig(max_tokens=4000, max_length=64, val_every=4),
-            data=write_sharegpt(root / "s.json"), progress=False)
+    tiny_model_folder(root)
     return root
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from conftest import tiny_model, tiny_tokenizer, write_sharegpt
+from conftest import tiny_model_folder
 from koala_core.acceptance import ChainAcceptance
 from koala_core.cli import main
 
@@ -23,17 +23,10 @@ def test_chain_acceptance_counts_each_depth_given_the_ones_before():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from koala_core.data import PrepareConfig, prepare
-    from koala_core.model import load_target
     from koala_core.training import TrainConfig, train
 
     root = tmp_path_factory.mktemp("eval")
-    tiny_model().save_pretrained(root / "model")
-    tiny_tokenizer().save_pretrained(root / "model")
-    target = load_target(str(root / "model"))
-    prepare(target, root / "data", PrepareConfig(max_tokens=3000, max_length=64, val_every=4,
-                                                 aux_layers="0,1"),
-            data=write_sharegpt(root / "s.json"), progress=False)
+    target = tiny_model_folder(root, max_tokens=3000, aux_layers="0,1")
     train(target, root / "data", root / "ck",
           TrainConfig(head="eagle", head_options={"draft_vocab": 64, "aux_layers": "0,1",
                                                   "ttt_steps": 2},
