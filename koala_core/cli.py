@@ -229,8 +229,7 @@ def prepare(model, out, max_tokens, max_length, topk, data, skip, aux_layers, de
     out = out or str(cache_dir() / "data" / (f"sharegpt-{max_tokens}"
                                              + (f"-skip{skip}" if skip else "")))
     team = join_workers(device)
-    if team.distributed and device.startswith("cuda"):
-        device = f"cuda:{team.local_rank}"
+    device = team.device_for(device)
     try:
         target = load_target(model, device=device)
         manifest = prepare_parts(target, out, config, team, data=data)
@@ -333,8 +332,7 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
     from .distributed import workers as join_workers
 
     team = join_workers(device)
-    if team.distributed and device.startswith("cuda"):
-        device = f"cuda:{team.local_rank}"
+    device = team.device_for(device)
     try:
         target = load_target(model, device=device)
         metrics = run_train(target, data, out, config, resume=resume, tree=tree_spec, workers=team)

@@ -36,6 +36,10 @@ class Workers:
     def distributed(self) -> bool:
         return self.world > 1
 
+    def device_for(self, device: str) -> str:
+        """This worker's device: its own GPU (``cuda:LOCAL_RANK``) when several share a machine."""
+        return f"cuda:{self.local_rank}" if self.distributed and device.startswith("cuda") else device
+
     def share(self, micro_batches: int) -> range:
         """The micro-batch indices this worker runs (a contiguous block of the global batch)."""
         if micro_batches % self.world:

@@ -167,14 +167,15 @@ def train(target, data: str | Path, out: str | Path, config: TrainConfig = Train
     while step < config.steps:
         picks = sampler.picks(config.batch_size, gen)  # the same global batch on every worker
         opt.zero_grad(set_to_none=True)
-        loss_sum = 0.0
+        loss_sum = supervised = 0.0  # this worker's share, averaged over its micro-batches
+        post = {}
         for j, i in enumerate(share):
             batch = sampler.batch(picks[i * chunk:(i + 1) * chunk])
             with no_sync(model, last=j == len(share) - 1), config.autocast(target.device):
                 outs = [head.to_draft_space(o) for o in model(batch)]
                 losses = [loss_fn(o) for o in outs]
                 total = sum(config.depth_decay ** k * l for k, l in enumerate(losses))
-                post = {"loss": f"{total.item():.3f}"}
+                supervised += total.item() / len(share)
                 if adversary is not None:
                     adversary.discriminator_steps(outs, step)
                     total = total + adversary.generator_loss(outs, step, config.depth_decay)
@@ -184,7 +185,7 @@ def train(target, data: str | Path, out: str | Path, config: TrainConfig = Train
                                      f"lower --lr")
                 (total / len(share)).backward()  # DDP averages over the workers
             loss_sum += total.item() / len(share)
-        post["loss"] = f"{loss_sum:.3f}"
+        post["loss"] = f"{supervised:.3f}"
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         for group in opt.param_groups:
             group["lr"] = config.lr * lr_factor(step, config)
