@@ -199,14 +199,20 @@ class TargetModel:
         assert layers is not None, "this transformers version has no cache.layers API"
         return layers
 
-    def keep(self, cache, past: int, nodes: list[int]) -> None:
+    def keep(self, cache, past: int, nodes: list[int], index: torch.Tensor | None = None) -> None:
         """Keep only tree ``nodes`` (offsets from ``past``, root first) after the first ``past`` tokens.
 
         Their keys/values move to slots past .. past+len(nodes)-1; everything after is dropped.
+        ``index``: ``nodes`` already on the device (saves a copy).
         """
         new_len = past + len(nodes)
         contiguous = nodes == list(range(len(nodes)))
-        index = None if contiguous else torch.tensor(nodes, device=self.device) + past
+        if contiguous:
+            index = None
+        elif index is None:
+            index = torch.tensor(nodes, device=self.device)
+        if index is not None:
+            index = index + past
         for layer in self._layers(cache):
             if getattr(layer, "is_sliding", False):  # its slots are not positions: cannot be edited
                 raise ModelError("koala needs a cache that keeps every token; this one drops tokens "

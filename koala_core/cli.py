@@ -275,13 +275,15 @@ def prepare(model, out, max_tokens, max_length, topk, data, skip, aux_layers, de
               "discriminator, game and training settings (flags above then only override "
               "steps, batch size, window, lr, warmup, seed, eval-every, precision).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its saved state.")
+@click.option("--init", "init", default="", help="Start from this checkpoint's weights and draft "
+              "vocabulary (fine-tuning; same head and shapes, e.g. adding training-time test).")
 @click.option("--tree", default=None, help="Tree policy recorded as the checkpoint's default.")
 @click.option("--tree-option", "tree_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--device", default="cpu", show_default=True)
 def train(model, data, out, head, head_options, loss, loss_options, steps, batch_size, micro_batches,
           window, lr, warmup, seed, eval_every, precision, discriminator, disc_options, adv_loss,
-          adv_options, adv_weight, adv_warmup, d_lr, d_steps, recipe, resume, tree, tree_options,
-          device) -> None:
+          adv_options, adv_weight, adv_warmup, d_lr, d_steps, recipe, resume, init, tree,
+          tree_options, device) -> None:
     """Train a draft head from prepared data (supervised, plus adversarial with --discriminator).
 
     Data-parallel on N workers: `torchrun --nproc-per-node N -m koala_core.cli train ...` or
@@ -322,6 +324,10 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
                              window=window, lr=lr, warmup=warmup,
                              seed=seed, eval_every=eval_every, save_every=eval_every,
                              precision=precision, adversary=adversary)
+    if init:
+        import dataclasses
+
+        config = dataclasses.replace(config, init=init)
     from .registry import default_registry
 
     tree_spec = recipe_tree

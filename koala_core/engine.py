@@ -17,6 +17,7 @@ import torch
 from .errors import ConfigError, PromptError
 from .interfaces import DraftContext, DraftHead, TreeBudget, TreePolicy, Verifier
 from .sampling import Sampling, choose
+from .tensors import to_device
 from .tree import Tree
 
 
@@ -208,21 +209,24 @@ class SpeculativeEngine:
             shape = tree.shape()
             t1 = time.perf_counter()
             past = target.cache_length(cache)
-            ids = torch.tensor(tree.tokens, device=device)
+            on = tree.on(device)  # tokens and tree tensors on the device, copied without a sync
             t_forward = time.perf_counter()
             if shape.is_chain:  # plain causal attention: no mask to build
-                hidden, aux = _split(target.forward(ids, cache, aux_layers=aux_layers))
+                hidden, aux = _split(target.forward(on.tokens, cache, aux_layers=aux_layers))
             else:
-                hidden, aux = _split(target.forward(ids, cache, positions=shape.depths.to(device) + past,
-                                                    tree_mask=shape.mask, aux_layers=aux_layers))
+                hidden, aux = _split(target.forward(on.tokens, cache, positions=on.shape.depths + past,
+                                                    tree_mask=on.shape.ancestors,
+                                                    aux_layers=aux_layers))
             logits = target.logits(hidden)  # (n, V)
             t_forward = time.perf_counter() - t_forward
-            verdict = verifier.verify(tree, shape, logits, sampling, generator)
-            target.keep(cache, past, verdict.path)
-            hidden = hidden[verdict.path]  # (a, D): states of the tokens now in the cache
+            verdict = verifier.verify(tree, shape, logits, sampling, generator)  # waits once
+            path = None if len(verdict.path) == len(tree) else to_device(verdict.path, device)
+            target.keep(cache, past, verdict.path, path)
+            if path is not None:
+                hidden = hidden[path]  # (a, D): states of the tokens now in the cache
+                aux = None if aux is None else aux[path]
             unseen = hidden if unseen is None else torch.cat([unseen, hidden])
             if aux is not None:
-                aux = aux[verdict.path]
                 unseen_aux = aux if unseen_aux is None else torch.cat([unseen_aux, aux])
             new = [tree.tokens[i] for i in verdict.path[1:]] + [verdict.bonus]
             t2 = time.perf_counter()

@@ -15,6 +15,14 @@ def additive_mask(allow: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.masked_fill_(~allow.reshape(allow.shape[-2:]), torch.finfo(dtype).min)[None, None]
 
 
+def to_device(values: list[int], device: torch.device) -> torch.Tensor:
+    """A long tensor of ``values`` on ``device``; on CUDA copied from pinned memory without waiting
+    for the device (a plain ``torch.tensor(values, device="cuda")`` synchronises the stream)."""
+    if device.type != "cuda":
+        return torch.tensor(values, dtype=torch.long, device=device)
+    return torch.tensor(values, dtype=torch.long, pin_memory=True).to(device, non_blocking=True)
+
+
 def weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """sum(values * weight) / sum(weight), 0 when no position counts."""
     return (values * weight).sum() / weight.sum().clamp_min(1.0)

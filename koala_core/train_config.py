@@ -64,6 +64,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "fp32"  # bf16: forward and losses under bf16 autocast (weights and Adam stay fp32)
     adversary: AdversaryConfig = field(default_factory=AdversaryConfig)  # off unless a discriminator
+    init: str = ""  # a checkpoint folder to start from (fine-tuning): its weights and draft vocabulary
 
     def __post_init__(self):
         if isinstance(self.adversary, dict):  # from JSON / TOML

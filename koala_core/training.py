@@ -109,6 +109,24 @@ def evaluate(head: NeuralHead, sampler: WindowSampler, batch_size: int = 16) -> 
     return [h / max(t, 1.0) for h, t in zip(hits, totals)]
 
 
+def warm_start(head: NeuralHead, folder: str | Path, target, registry) -> None:
+    """Load a trained checkpoint's weights and draft vocabulary into ``head`` (fine-tuning): same
+    head family and parameter shapes; options that change no weight (e.g. ``ttt_steps``) may differ."""
+    from .checkpoint import Checkpoint
+
+    ck = Checkpoint.open(folder)
+    name = getattr(head, "plugin_name", None)
+    if name is not None and ck.plugin != name:
+        raise ConfigError(f"--init {folder}: a {ck.plugin!r} checkpoint cannot start a {name!r} head")
+    trained = ck.build_head(target, registry, "float32")
+    try:
+        head.load_state_dict(trained.state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(f"--init {folder}: its weights do not fit this head's options "
+                          f"({ck.meta['head_config']} vs {head.config}): {exc}") from None
+    head.train()
+
+
 def lr_factor(step: int, config: TrainConfig) -> float:
     if step < config.warmup:
         return (step + 1) / config.warmup
@@ -142,7 +160,10 @@ def train(target, data: str | Path, out: str | Path, config: TrainConfig = Train
     loss_fn = reg.create("losses", loss_name, config.loss_options)
     train_split = load_split(data, "train", head.aux_layers)
     val_split = load_split(data, "val", head.aux_layers)
-    head.set_draft_vocab(draft_vocabulary(train_split, head.vocab_ids.numel(), target.vocab_size))
+    if config.init:
+        warm_start(head, config.init, target, reg)
+    else:
+        head.set_draft_vocab(draft_vocabulary(train_split, head.vocab_ids.numel(), target.vocab_size))
     sampler = WindowSampler(train_split, config.window, target.device)
     val_sampler = WindowSampler(val_split, config.window, target.device)
     params = [p for p in head.parameters() if p.requires_grad]

@@ -2,7 +2,8 @@
 
 Node 0 is the root: the token the target chose last, not yet in the KV cache. Every other node is a
 drafted token whose parent comes before it. The static part of a tree (its parent list) determines
-the attention mask, depths and children, computed once per shape and cached.
+the attention mask, depths and children, computed once per shape and cached, also as tensors on
+the device (:class:`ShapeTensors`) so that verification runs there without waiting on the host.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
+
+from .tensors import to_device
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,37 @@ def tree_shape(parents: tuple[int, ...]) -> TreeShape:
         children[p].append(i)
     return TreeShape(parents, torch.tensor(depths, dtype=torch.long), mask,
                      tuple(tuple(c) for c in children))
+
+
+@dataclass(frozen=True)
+class ShapeTensors:
+    """A :class:`TreeShape` on a device, for vectorised verification (n nodes)."""
+
+    parents: torch.Tensor  # (n,) long, the root's parent given as 0 (the root itself)
+    depths: torch.Tensor  # (n,) long
+    ancestors: torch.Tensor  # (n, n) bool: j is i or an ancestor of i (the tree attention mask)
+    earlier_siblings: torch.Tensor  # (n, n) bool: j has i's parent and comes before i
+
+
+@lru_cache(maxsize=256)
+def shape_tensors(parents: tuple[int, ...], device: torch.device) -> ShapeTensors:
+    shape = tree_shape(parents)
+    par = torch.tensor((0,) + parents[1:], dtype=torch.long)
+    n = len(parents)
+    idx = torch.arange(n)
+    earlier = (par[:, None] == par[None, :]) & (idx[None, :] < idx[:, None])
+    earlier[0] = False
+    earlier[:, 0] = False
+    return ShapeTensors(par.to(device), shape.depths.to(device), shape.mask.to(device),
+                        earlier.to(device))
+
+
+@dataclass(frozen=True)
+class TreeTensors:
+    """A tree's tokens and shape on a device (built once per tree and device)."""
+
+    tokens: torch.Tensor  # (n,) long
+    shape: ShapeTensors
 
 
 class Tree:
@@ -93,3 +127,14 @@ class Tree:
 
     def shape(self) -> TreeShape:
         return tree_shape(tuple(self.parents))
+
+    def on(self, device: torch.device | str) -> TreeTensors:
+        """This tree as tensors on ``device`` (one host-to-device copy of its tokens, no sync)."""
+        device = torch.device(device)
+        key = (device, len(self.tokens))
+        cached = getattr(self, "_tensors", None)
+        if cached is None or cached[0] != key:
+            tensors = TreeTensors(to_device(self.tokens, device),
+                                  shape_tensors(tuple(self.parents), device))
+            self._tensors = cached = (key, tensors)
+        return cached[1]

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_target, write_sharegpt
 from koala_core.checkpoint import load_head, save_head
 from koala_core.data import PrepareConfig, iter_sharegpt, load_split, prepare
-from koala_core.errors import CheckpointError, KoalaError
+from koala_core.errors import CheckpointError, ConfigError, KoalaError
 from koala_core.training import TrainConfig, train
 
 
@@ -191,3 +191,31 @@ def test_checkpoint_errors_are_clear(prepared, registry, tmp_path):
     (tmp_path / "ck3").mkdir()
     with pytest.raises(CheckpointError, match="missing"):
         load_head(tmp_path / "ck3", target, registry)
+
+
+def test_init_starts_from_a_checkpoint_and_refuses_another_shape(prepared, registry, tmp_path):
+    """--init: fine-tuning starts from the checkpoint's weights and draft vocabulary (here adding
+    training-time test, which changes no weight); a head of other shapes is refused, not resized."""
+    target, data = prepared
+    base = dict(head="eagle", batch_size=2, window=32, warmup=2, eval_every=100, seed=5)
+    train(target, data, tmp_path / "a", TrainConfig(steps=3, head_options={"draft_vocab": 64}, **base),
+          registry=registry, progress=False)
+    first = load_head(tmp_path / "a", target, registry)
+    zero = TrainConfig(steps=1, lr=1e-12, head_options={"draft_vocab": 64, "ttt_steps": 2},
+                       init=str(tmp_path / "a"), **base)
+    train(target, data, tmp_path / "b", zero, registry=registry, progress=False)
+    second = load_head(tmp_path / "b", target, registry)
+    assert torch.equal(first.vocab_ids, second.vocab_ids)
+    for k, v in first.state_dict().items():
+        torch.testing.assert_close(second.state_dict()[k], v, atol=1e-3, rtol=1e-3)
+    meta = json.loads((tmp_path / "b" / "koala.json").read_text())
+    assert meta["recipe"]["train"]["init"] == str(tmp_path / "a")
+    other = TrainConfig(steps=1, head_options={"draft_vocab": 64, "layers": 2},
+                        init=str(tmp_path / "a"), **base)
+    with pytest.raises(ConfigError, match="do not fit"):
+        train(target, data, tmp_path / "c", other, registry=registry, progress=False)
+    with pytest.raises(ConfigError, match="cannot start a 'hydra'"):
+        train(target, data, tmp_path / "c", TrainConfig(
+            steps=1, head="hydra", head_options={"draft_vocab": 64}, init=str(tmp_path / "a"),
+            **{k: v for k, v in base.items() if k != "head"}), registry=registry, progress=False)
+    assert not (tmp_path / "c").exists()
