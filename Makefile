@@ -7,7 +7,7 @@ PROMPT ?= Write a short poem about koalas, then repeat its first line.
 # load koala's exported heads with it. Kept apart so koala's own install stays lean.
 INTEROP_VENV ?= .venv-interop
 
-.PHONY: demo test test-fast bench bench-cost serve setup interop-venv clean
+.PHONY: demo test test-fast bench bench-cost gpu-check serve setup interop-venv clean
 
 $(BIN)/koala: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -49,6 +49,14 @@ bench: setup
 
 bench-cost: setup
 	$(BIN)/python -m pytest benchmarks/test_verify_cost.py --benchmark-only -q
+
+# On a machine with CUDA: lossless checks, host syncs, verify cost curves (also a 1B shape) and a
+# bench, reported to $(OUT). Where koala is installed already (a GPU image), `make gpu-check BIN=`
+# uses the python on PATH. DRY=1 runs it on the CPU with a tiny model (CI does).
+OUT ?= gpu-report
+MODEL ?= default
+gpu-check:
+	$(if $(BIN),$(BIN)/,)python benchmarks/gpu_check.py $(OUT) --model $(MODEL) $(if $(DRY),--dry-run,)
 
 clean:
 	rm -rf $(VENV) $(INTEROP_VENV) *.egg-info

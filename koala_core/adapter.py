@@ -22,6 +22,13 @@ from .errors import ModelError
 from .tensors import additive_mask
 
 
+# The target's KV cache during generation: ``static`` (preallocated, position-addressed, edited in
+# place) or ``dynamic`` (HF's DynamicCache); ``auto`` takes static on the devices below, where it
+# measured faster.
+CACHE_KINDS = ("auto", "static", "dynamic")
+STATIC_BY_DEFAULT = ("cuda", "cpu")
+
+
 @dataclass(frozen=True)
 class TargetIdentity:
     """What a head checkpoint records about the model it was made for."""
@@ -52,6 +59,7 @@ class TargetModel:
         self.tokenizer = tokenizer
         self.name = name
         self.kernels = "torch"  # load_target sets "onednn" when it swaps the Linear kernels
+        self.cache_kind = "auto"  # see new_cache
         self.folder = None  # load_target sets the HF folder the model came from
         self.config = model.config
         params = inspect.signature(self.decoder.forward).parameters
@@ -98,19 +106,48 @@ class TargetModel:
                 ids.update(int(i) for i in source)
         return frozenset(ids)
 
+    def _lm_head_sample(self) -> torch.Tensor:
+        w = self.lm_head.weight.detach()
+        return w[:: max(1, w.shape[0] // 512)].to("cpu")
+
     def identity(self) -> TargetIdentity:
-        """Architecture, sizes and a fingerprint of the LM head (cheap: a strided sample of rows)."""
+        """Architecture, sizes and a fingerprint of the LM head (cheap: a strided sample of rows),
+        the same for the model loaded in fp32 or bf16 (the sample is hashed as bf16)."""
         if self._identity is None:
-            w = self.lm_head.weight.detach()
-            sample = w[:: max(1, w.shape[0] // 512)].to("cpu", torch.float32).contiguous()
-            digest = hashlib.sha256(sample.numpy().round(4).tobytes()).hexdigest()[:32]
+            sample = self._lm_head_sample().to(torch.bfloat16).view(torch.int16).contiguous()
+            digest = hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:32]
             arch = (self.config.architectures or [type(self.model).__name__])[0]
             self._identity = TargetIdentity(arch, self.hidden_size, self.vocab_size, digest)
         return self._identity
 
+    def made_for(self, recorded: dict) -> bool:
+        """Whether a recorded identity (a checkpoint's or a data folder's) is this model's. Also
+        accepts the fingerprint earlier koala versions wrote (fp32 values rounded to 4 decimals), which
+        matches the model loaded in fp32 only."""
+        mine = self.identity().as_dict()
+        if recorded == mine:
+            return True
+        if {**recorded, "lm_head_fingerprint": mine["lm_head_fingerprint"]} != mine:
+            return False
+        sample = self._lm_head_sample().float().contiguous()
+        legacy = hashlib.sha256(sample.numpy().round(4).tobytes()).hexdigest()[:32]
+        return recorded.get("lm_head_fingerprint") == legacy
+
     # -- forward -------------------------------------------------------------------------------
-    def new_cache(self):
-        """An empty cache that keeps every token (also for sliding-window layers: see above)."""
+    def new_cache(self, capacity: int | None = None):
+        """An empty cache that keeps every token (also for sliding-window layers: see above).
+
+        ``capacity``: the most tokens it will hold. Given, and with ``cache_kind`` ``static`` (or
+        ``auto``: see :data:`CACHE_KINDS`), the cache is static and position-addressed
+        (:class:`~koala_core.position_cache.PositionCache`: allocated once, edited in place);
+        otherwise HF's ``DynamicCache``."""
+        kind = self.cache_kind
+        if kind == "auto":
+            kind = "static" if self.device.type in STATIC_BY_DEFAULT else "dynamic"
+        if capacity is not None and kind == "static":
+            from .position_cache import PositionCache
+
+            return PositionCache(self.num_layers, capacity)
         from transformers import DynamicCache
 
         return DynamicCache()
@@ -199,6 +236,7 @@ class TargetModel:
         assert layers is not None, "this transformers version has no cache.layers API"
         return layers
 
+    @torch.inference_mode()
     def keep(self, cache, past: int, nodes: list[int], index: torch.Tensor | None = None) -> None:
         """Keep only tree ``nodes`` (offsets from ``past``, root first) after the first ``past`` tokens.
 
@@ -214,6 +252,9 @@ class TargetModel:
         if index is not None:
             index = index + past
         for layer in self._layers(cache):
+            if hasattr(layer, "keep"):  # a PositionLayer edits itself in place
+                layer.keep(past, index, new_len)
+                continue
             if getattr(layer, "is_sliding", False):  # its slots are not positions: cannot be edited
                 raise ModelError("koala needs a cache that keeps every token; this one drops tokens "
                                  "outside the sliding window (use TargetModel.new_cache())")

@@ -116,7 +116,7 @@ class Checkpoint:
         from .registry import default_registry
 
         mine = target.identity().as_dict()
-        if self.meta["target"] != mine:
+        if not target.made_for(self.meta["target"]):
             diff = {k: (self.meta["target"].get(k), v) for k, v in mine.items()
                     if self.meta["target"].get(k) != v}
             raise CheckpointError(

@@ -36,7 +36,7 @@ def verify_cost_curve(target, sizes: list[int], context: int = 256, repeats: int
     gen = torch.Generator().manual_seed(seed)
     vocab = target.vocab_size
     prefix = torch.randint(0, vocab, (context,), generator=gen).to(target.device)
-    cache = target.new_cache()
+    cache = target.new_cache(context + max(sizes))  # the cache the engine generates with
     target.forward(prefix, cache)
     times: dict[int, list[float]] = {n: [] for n in sizes}
     rounds = range(warmup + repeats)

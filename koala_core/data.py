@@ -226,7 +226,7 @@ def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
         if old.get("format") != MANIFEST_FORMAT:
             raise KoalaError(f"{out} was prepared by an older koala (validation split by record, "
                              f"leaky); prepare into a new --out")
-        if old.get("target") != ident:
+        if not target.made_for(old.get("target") or {}):
             raise KoalaError(f"{out} holds data prepared for another model; choose a new --out")
         fixed = {k: v for k, v in asdict(config).items() if k != "max_tokens"}
         was = {"aux_layers": "", **old.get("config", {})}  # sets made before the option

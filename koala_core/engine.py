@@ -182,7 +182,8 @@ class SpeculativeEngine:
         # never run past the model's context
         max_new = min(config.max_new_tokens, target.max_length - len(prompt_ids))
 
-        cache = self.cache = target.new_cache()  # kept on the engine for inspection and tests
+        # sized for the whole generation (a static cache is allocated once); kept for inspection
+        cache = self.cache = target.new_cache(len(prompt_ids) + max_new + config.max_tree_nodes + 1)
         t0 = time.perf_counter()
         aux_layers = self.head.aux_layers if self.head is not None else ()
         hidden, aux = _split(target.forward(torch.tensor(prompt_ids, device=device), cache,

@@ -93,7 +93,7 @@ class NeuralHead(DraftHead):
         """Ready for inference in ``dtype`` (see :func:`koala_core.kernels.draft_dtype`): cast to it,
         or, in the target's own fp32 on a CPU, draft through the target's kernels."""
         self.eval()
-        if dtype != self.lm_rows.dtype:
+        if any(t.dtype != dtype for t in [self.lm_rows, *self.parameters()]):
             return self.to(dtype)
         return self.use_kernels(getattr(self.target, "kernels", "torch"))
 

@@ -33,19 +33,28 @@ def test_greedy_lookup_is_lossless(arch, registry, policy, options):
     assert result.tau > 1.0  # a random model repeats itself; lookup must catch some of it
 
 
-def test_vanilla_equals_hf_generate(target):
+@pytest.mark.parametrize("cache", ["static", "dynamic"])
+def test_vanilla_equals_hf_generate(target, cache):
+    target.cache_kind = cache
     result = SpeculativeEngine(target).generate(PROMPT, GenerationConfig(30, stop_at_eos=False))
     assert result.token_ids == hf_greedy(target, PROMPT, 30)
     assert result.tau == 1.0 and result.drafted == 0
 
 
-def test_cache_equals_fresh_prefill_after_many_cycles(arch, registry):
+@pytest.mark.parametrize("cache", ["static", "dynamic"])
+def test_cache_equals_fresh_prefill_after_many_cycles(arch, registry, cache):
+    """Both target caches (static position-addressed, HF's dynamic) hold exactly the accepted
+    tokens' keys/values after many accept/reject cycles."""
+    from koala_core.position_cache import PositionCache
+
     target = tiny_target(arch)
+    target.cache_kind = cache
     engine = SpeculativeEngine(target, registry.create("heads", "lookup"),
                                registry.create("tree_policies", "static", {"preset": "wide"}))
     steps = list(engine.stream(PROMPT, GenerationConfig(60, stop_at_eos=False)))
     assert len(steps) > 10 and any(0 < s.accepted < s.drafted for s in steps)
     assert any(s.accepted > 0 for s in steps)
+    assert isinstance(engine.cache, PositionCache) == (cache == "static")
     tokens = PROMPT + [t for s in steps for t in s.tokens]
     fresh = target.new_cache()
     target.forward(torch.tensor(tokens[:-1]), fresh)  # the last token is the pending root
@@ -57,12 +66,14 @@ def test_cache_equals_fresh_prefill_after_many_cycles(arch, registry):
         torch.testing.assert_close(v1, v2, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("cache", ["static", "dynamic"])
 @pytest.mark.parametrize("sliding", ["mistral", "qwen2-sliding"])
 @pytest.mark.parametrize("policy,options", POLICIES)
-def test_sliding_window_models_are_lossless(registry, sliding, policy, options):
+def test_sliding_window_models_are_lossless(registry, sliding, policy, options, cache):
     """A 6-token window, 12-token prompt, 48 new tokens: trees must respect the window, and the
     cache must survive rejected nodes (HF's sliding cache drops slots, so koala keeps them all)."""
     target = tiny_target(sliding)
+    target.cache_kind = cache
     assert target.sliding_window == 6
     engine = SpeculativeEngine(target, registry.create("heads", "lookup"),
                                registry.create("tree_policies", policy, options),
@@ -132,3 +143,25 @@ def test_steps_time_the_forward_inside_the_verify(target, registry):
     engine = SpeculativeEngine(target, registry.create("heads", "lookup"))
     steps = [s for s in engine.stream(PROMPT, GenerationConfig(20, stop_at_eos=False)) if not s.prefill]
     assert steps and all(0 < s.forward_s <= s.verify_s for s in steps)
+
+
+def test_static_cache_is_allocated_once_and_grows_if_asked_for_more(target):
+    """Its buffers keep their storage across steps and edits; a caller that under-announced its
+    capacity gets a grown buffer, not an error."""
+    from koala_core.tree import tree_shape
+
+    target.cache_kind = "static"
+    cache = target.new_cache(20)
+    target.forward(torch.arange(3, 15), cache)
+    ptr = cache.layers[0]._k.data_ptr()
+    shape = tree_shape((-1, 0, 0, 1))  # a 4-node tree: keep the path root -> node 2
+    target.forward(torch.arange(3, 7), cache, positions=shape.depths + 12, tree_mask=shape.mask)
+    target.keep(cache, 12, [0, 2])
+    assert target.cache_length(cache) == 14 and cache.layers[0]._k.data_ptr() == ptr
+    target.forward(torch.arange(3, 13), cache)  # 24 > 20 slots
+    assert target.cache_length(cache) == 24 and cache.layers[0].capacity >= 24
+    fresh = target.new_cache()
+    ids = list(range(3, 15)) + [3, 5] + list(range(3, 13))
+    target.forward(torch.tensor(ids), fresh)
+    for (k1, v1), (k2, v2) in zip(target.cache_tensors(cache), target.cache_tensors(fresh)):
+        torch.testing.assert_close(k1, k2, atol=1e-5, rtol=1e-4)

@@ -89,3 +89,32 @@ def test_conversion_happens_once(real_target, monkeypatch):
     monkeypatch.setattr(model, "file_hash", fail)
     folder = resolve_model("default")
     assert (folder / "model.safetensors").is_file() and (folder / "koala-source.json").is_file()
+
+
+def test_fingerprint_is_the_same_in_fp32_and_bf16_and_old_checkpoints_still_load():
+    """A head trained on the fp32 model drafts for the bf16 one (and vice versa); a checkpoint
+    with the fingerprint of earlier versions (fp32 values rounded) still loads in fp32."""
+    import hashlib
+
+    from koala_core.adapter import TargetModel
+
+    fp32 = TargetModel(tiny_model(seed=0), tiny_tokenizer())
+    bf16 = TargetModel(tiny_model(seed=0).to(torch.bfloat16), tiny_tokenizer())
+    assert fp32.identity() == bf16.identity()
+    w = fp32.lm_head.weight.detach()
+    sample = w[:: max(1, w.shape[0] // 512)].float().contiguous()
+    old = {**fp32.identity().as_dict(),
+           "lm_head_fingerprint": hashlib.sha256(sample.numpy().round(4).tobytes()).hexdigest()[:32]}
+    assert fp32.made_for(old) and fp32.made_for(fp32.identity().as_dict())
+    other = TargetModel(tiny_model(seed=1), tiny_tokenizer())
+    assert not other.made_for(old) and not other.made_for(fp32.identity().as_dict())
+
+
+def test_a_fresh_head_drafts_in_the_targets_bf16(registry):
+    from koala_core.adapter import TargetModel
+
+    target = TargetModel(tiny_model(seed=0).to(torch.bfloat16), tiny_tokenizer())
+    for family in ("eagle", "hydra", "medusa"):
+        head = registry.create("heads", family, {"draft_vocab": 0}, target=target)
+        head.prepare_drafting(torch.bfloat16)
+        assert {p.dtype for p in head.parameters()} == {torch.bfloat16}, family
