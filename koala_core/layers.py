@@ -9,6 +9,7 @@ beyond the one additive mask the caller passes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -47,16 +48,26 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)  # in fp32, as HF's
+        return normed.to(x.dtype) * self.weight
 
 
-def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary embedding, HF convention (rotate halves). x: (B, H, T, hd); positions: (B, T)."""
+@lru_cache(maxsize=16)
+def _inverse_frequencies(head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, theta: float):
+    """cos, sin (B, 1, T, hd) of the rotary embedding at ``positions`` (B, T); one pair serves the
+    queries and the keys of a layer."""
+    ang = positions[..., None].float() * _inverse_frequencies(head_dim, theta, positions.device)
+    ang = torch.cat([ang, ang], -1)[:, None]
+    return ang.cos(), ang.sin()
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding, HF convention (rotate halves). x: (B, H, T, hd); cos/sin: rope_tables."""
     hd = x.shape[-1]
-    inv = 1.0 / (theta ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd))
-    ang = positions[..., None].float() * inv  # (B, T, hd/2)
-    cos, sin = torch.cat([ang, ang], -1).cos()[:, None], torch.cat([ang, ang], -1).sin()[:, None]
     x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
     return (x.float() * cos + torch.cat([-x2, x1], -1).float() * sin).to(x.dtype)
 
@@ -78,7 +89,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, s.heads, s.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, s.kv_heads, s.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, s.kv_heads, s.head_dim).transpose(1, 2)
-        q, k = rope(q, positions, s.rope_theta), rope(k, positions, s.rope_theta)
+        cos, sin = rope_tables(positions, s.head_dim, s.rope_theta)
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
         if cache is not None:
             k, v = cache.append(layer, k, v)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
