@@ -101,9 +101,10 @@ def engine_options(fn):
                           "decoding)."),
         kernels_option,
         click.option("--draft-dtype", default="auto", show_default=True,
-                     type=click.Choice(["auto", "float32", "bfloat16"]),
-                     help="What a trained head drafts in. auto: bf16 on CUDA or a CPU with native "
-                          "bf16 (drafts need no exactness: the target verifies), else the target's."),
+                     type=click.Choice(["auto", "float32", "bfloat16", "int8"]),
+                     help="What a trained head drafts in (drafts need no exactness: the target "
+                          "verifies). auto: weight-only int8 on a CPU with native bf16, bf16 on "
+                          "CUDA, else the target's dtype. int8: CPUs only."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -403,8 +404,9 @@ def serve(model, head, checkpoint, head_options, tree, tree_options, verifier, r
 @click.option("--dtype", default="float32", show_default=True)
 @kernels_option
 @click.option("--draft-dtype", default="auto", show_default=True,
-              type=click.Choice(["auto", "float32", "bfloat16"]),
-              help="What trained heads draft in (auto: bf16 where that is fast).")
+              type=click.Choice(["auto", "float32", "bfloat16", "int8"]),
+              help="What trained heads draft in (auto: int8 weights on a CPU with native bf16, "
+                   "bf16 on CUDA).")
 @click.option("--out", default="bench-out", show_default=True)
 def bench(prompt_spec, methods, limit, offset, max_new_tokens, temperature, repeats, model, device,
           dtype, kernels, draft_dtype, out) -> None:

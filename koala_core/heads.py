@@ -90,9 +90,18 @@ class NeuralHead(DraftHead):
         return self
 
     def prepare_drafting(self, dtype: torch.dtype) -> NeuralHead:
-        """Ready for inference in ``dtype`` (see :func:`koala_core.kernels.draft_dtype`): cast to it,
-        or, in the target's own fp32 on a CPU, draft through the target's kernels."""
+        """Ready for inference in ``dtype`` (see :func:`koala_core.kernels.draft_dtype`): cast to it;
+        in the target's own fp32 on a CPU, draft through the target's kernels; ``torch.int8``:
+        bf16 with every Linear layer and the LM-head rows in weight-only int8 (weights and state
+        dict unchanged, as with the oneDNN kernels)."""
         self.eval()
+        if dtype == torch.int8:
+            from .kernels import Int8Weight, use_int8_linears
+
+            self.to(torch.bfloat16)
+            use_int8_linears(self)
+            self._packed_rows = Int8Weight(lambda: self.lm_rows)
+            return self
         if any(t.dtype != dtype for t in [self.lm_rows, *self.parameters()]):
             return self.to(dtype)
         return self.use_kernels(getattr(self.target, "kernels", "torch"))

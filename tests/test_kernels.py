@@ -145,10 +145,15 @@ def test_draft_dtype_choice_and_bf16_drafting_stays_lossless(registry, monkeypat
     monkeypatch.setattr(kernels, "cpu_has_bf16", lambda: False)
     assert kernels.draft_dtype(target) == torch.float32
     monkeypatch.setattr(kernels, "cpu_has_bf16", lambda: True)
+    assert kernels.draft_dtype(target) == torch.int8  # weight-only int8 where the kernel exists
+    monkeypatch.setattr(kernels, "int8_available", lambda: False)
     assert kernels.draft_dtype(target) == torch.bfloat16
+    with pytest.raises(ConfigError, match="int8 runs on a CPU"):
+        kernels.draft_dtype(target, "int8")
+    monkeypatch.undo()
     assert kernels.draft_dtype(target, "float32") == torch.float32
     with pytest.raises(ConfigError, match="draft dtype"):
-        kernels.draft_dtype(target, "int8")
+        kernels.draft_dtype(target, "fp8")
     head = registry.create("heads", "eagle", {"draft_vocab": 64}, target=target)
     with torch.no_grad():
         for p in head.parameters():
@@ -159,3 +164,41 @@ def test_draft_dtype_choice_and_bf16_drafting_stays_lossless(registry, monkeypat
     plain = SpeculativeEngine(target).generate(prompt, cfg).token_ids
     result = SpeculativeEngine(target, head).generate(prompt, cfg)
     assert result.token_ids == plain and result.drafted > 0
+
+
+def test_int8_drafting_is_lossless_close_to_bf16_and_keeps_the_weights(registry):
+    """Weight-only int8 drafting: the engine stays lossless, draft scores stay close to bf16's,
+    the state dict is the bf16 one, and changed weights are requantised (never a stale copy)."""
+    from conftest import tiny_target
+    from koala_core import kernels
+    from koala_core.engine import GenerationConfig, SpeculativeEngine
+
+    if not kernels.int8_available():
+        pytest.skip("this torch has no weight-only int8 kernel")
+    target = tiny_target()
+    torch.manual_seed(0)
+    head = registry.create("heads", "hydra", {"heads": 3, "draft_vocab": 0}, target=target)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ref = registry.create("heads", "hydra", {"heads": 3, "draft_vocab": 0}, target=target)
+    ref.load_state_dict(head.state_dict())
+    ref.prepare_drafting(torch.bfloat16)
+    head.prepare_drafting(torch.int8)
+    assert isinstance(head.inputs[0], kernels.Int8Linear)
+    assert set(head.state_dict()) == set(ref.state_dict())
+    h = torch.randn(4, target.hidden_size).to(torch.bfloat16)
+    with torch.inference_mode():
+        a = head.project(head.head(1, h, torch.tensor([[3], [4], [5], [6]])))
+        b = ref.project(ref.head(1, h, torch.tensor([[3], [4], [5], [6]])))
+    assert (a.float() - b.float()).abs().max() < 0.05 * b.float().abs().max()
+    prompt, cfg = [0, 5, 6, 7, 8, 5, 6, 7], GenerationConfig(24, stop_at_eos=False)
+    plain = SpeculativeEngine(target).generate(prompt, cfg).token_ids
+    result = SpeculativeEngine(target, head).generate(prompt, cfg)
+    assert result.token_ids == plain and result.drafted > 0
+    with torch.no_grad():
+        head.inputs[0].weight.mul_(2)  # an edit after packing: the int8 copy must follow
+    with torch.inference_mode():
+        x = torch.randn(2, 2 * target.hidden_size).to(torch.bfloat16)
+        dense = torch.nn.functional.linear(x, head.inputs[0].weight, head.inputs[0].bias)
+        torch.testing.assert_close(head.inputs[0](x).float(), dense.float(), atol=0.05, rtol=0.05)

@@ -98,7 +98,7 @@ class EagleHead(NeuralHead):
             return hidden
         if aux is None:
             raise ConfigError("this EAGLE-3 head needs the target's aux-layer states")
-        return self.fc(aux.to(self.fc.weight.dtype))
+        return self.fc(aux.to(self.lm_rows.dtype))
 
     def run(self, feats, next_ids, positions, mask=None, cache=None) -> torch.Tensor:
         """feats (B, T, D), next_ids (B, T), positions (B, T) -> the head's outputs (B, T, D): the
@@ -119,7 +119,7 @@ class EagleHead(NeuralHead):
     # -- inference -----------------------------------------------------------------------------
     def begin(self, ctx: DraftContext) -> None:
         super().begin(ctx)
-        dev, dtype = self.lm_rows.device, self.fc.weight.dtype
+        dev, dtype = self.lm_rows.device, self.lm_rows.dtype
         a = ctx.hidden.shape[0]
         committed = len(ctx.tokens) - 1 - a  # rows already built from true features
         if ctx.step == 0 or self.cache is None:
@@ -144,7 +144,7 @@ class EagleHead(NeuralHead):
 
     def _mask(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """Additive mask (1, 1, T, S) from a bool 'may attend' over [old slots | new rows]."""
-        return additive_mask(torch.cat([old, new], 1), self.fc.weight.dtype)
+        return additive_mask(torch.cat([old, new], 1), self.lm_rows.dtype)
 
     def expand(self, tree: Tree, nodes: list[int], k: int) -> Candidates:
         need = [n for n in nodes if n not in self.pred]
