@@ -254,8 +254,10 @@ class TargetModel:
             index = torch.tensor(nodes, device=self.device)
         if index is not None:
             index = index + past
+        from .position_cache import PositionLayer
+
         for layer in self._layers(cache):
-            if hasattr(layer, "keep"):  # a PositionLayer edits itself in place
+            if isinstance(layer, PositionLayer):  # edits itself in place
                 layer.keep(past, index, new_len)
                 continue
             if getattr(layer, "is_sliding", False):  # its slots are not positions: cannot be edited

@@ -423,13 +423,17 @@ def bench(prompt_spec, methods, limit, offset, max_new_tokens, temperature, repe
     names = ["vanilla"] + names
     prompts = select_prompts(prompt_spec, offset, limit)
     config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=Sampling(temperature), seed=0)
+    from .kernels import draft_dtype as resolve_draft_dtype
+
     target = load_target(model, device=device, dtype=dtype, kernels=kernels)
     method_objs = [build_method(n, target, draft_dtype=draft_dtype) for n in names]
     results = run_bench(method_objs, target, prompts, config, repeats=repeats)
     results["meta"] = {"prompts": prompt_spec, "n_prompts": len(prompts), "offset": offset,
                        "max_new_tokens": max_new_tokens, "temperature": temperature,
                        "repeats": repeats, "model": model, "dtype": dtype, "device": device,
-                       "kernels": target.kernels, "draft_dtype": draft_dtype}
+                       "kernels": target.kernels, "draft_dtype": draft_dtype,
+                       "draft_dtype_used": str(resolve_draft_dtype(target, draft_dtype)).replace(
+                           "torch.", ""), "cache": target.cache_kind}
     write_report(results, out)
     click.echo(open(f"{out}/results.md").read())
 

@@ -151,7 +151,9 @@ def test_generate_and_bench_accept_a_recipe(tiny_folder, tmp_path):
                                        "--methods", f"vanilla,{recipe}", "--max-new-tokens", "8",
                                        "--out", str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
-    methods = json.loads((tmp_path / "b" / "results.json").read_text())["methods"]
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    methods = results["methods"]
+    assert results["meta"]["draft_dtype_used"] in ("float32", "bfloat16", "int8")
     assert [m["method"] for m in methods] == ["vanilla", "lookup"]
     assert methods[1]["identical_to_vanilla"] == 1.0
 

@@ -218,4 +218,8 @@ def test_init_starts_from_a_checkpoint_and_refuses_another_shape(prepared, regis
         train(target, data, tmp_path / "c", TrainConfig(
             steps=1, head="hydra", head_options={"draft_vocab": 64}, init=str(tmp_path / "a"),
             **{k: v for k, v in base.items() if k != "head"}), registry=registry, progress=False)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train(target, data, tmp_path / "c", TrainConfig(
+            steps=1, head_options={"draft_vocab": 64}, init=str(tmp_path / "nope"), **base),
+            registry=registry, progress=False)
     assert not (tmp_path / "c").exists()
