@@ -179,7 +179,7 @@ def generate(prompt, model, head, checkpoint, head_options, tree, tree_options, 
             "target_forwards": result.target_forwards, "tau": round(result.tau, 4),
             "seconds": round(result.seconds, 4), "tokens_per_s": round(result.tokens_per_s, 3),
             "verifier": verifier_name, "lossy": lossy,
-            **({"tree": policy_summary(engine)} if verbose else {}),
+            **({"tree": policy_summary(engine), "engine": engine_summary(engine)} if verbose else {}),
         }))
         return
     click.echo(text[len(shown):])
@@ -189,6 +189,13 @@ def generate(prompt, model, head, checkpoint, head_options, tree, tree_options, 
                + "]", err=True)
     if verbose:
         click.echo(f"[tree policy: {json.dumps(policy_summary(engine))}]", err=True)
+        click.echo(f"[engine: {json.dumps(engine_summary(engine))}]", err=True)
+
+
+def engine_summary(engine) -> dict:
+    """The target cache the last generation used and the dtype the head drafts in."""
+    return {"target_cache": type(getattr(engine, "cache", None)).__name__,
+            "draft_dtype": getattr(engine.head, "drafts_in", None)}
 
 
 def policy_summary(engine) -> dict | None:

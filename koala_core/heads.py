@@ -95,6 +95,7 @@ class NeuralHead(DraftHead):
         bf16 with every Linear layer and the LM-head rows in weight-only int8 (weights and state
         dict unchanged, as with the oneDNN kernels)."""
         self.eval()
+        self.drafts_in = str(dtype).replace("torch.", "")  # reported by `koala generate --verbose`
         if dtype == torch.int8:
             from .kernels import Int8Weight, use_int8_linears
 

@@ -109,5 +109,7 @@ def test_generate_verbose_reports_the_policys_choices(tmp_path):
                                        "--tree", "auto", "--verbose", "--json", "--max-new-tokens",
                                        "16", "t5 t6 t7 t5 t6"])
     assert result.exit_code == 0, result.output
-    tree = json.loads(result.output.strip().splitlines()[-1])["tree"]
+    doc = json.loads(result.output.strip().splitlines()[-1])
+    tree = doc["tree"]
     assert tree["policy"] == "auto" and tree["steps"] >= 1 and "drafting_share" in tree
+    assert doc["engine"] == {"target_cache": "DynamicCache", "draft_dtype": None}  # CPU, lookup
