@@ -3,7 +3,7 @@ the shipped heads' 8k draft vocabularies contain (a drafted token outside it can
 
     python benchmarks/draft_vocab_coverage.py
 """
-import json, sys, torch, collections
+import collections
 from koala_core.model import load_target
 from koala_core.checkpoint import Checkpoint
 from koala_core.engine import SpeculativeEngine, GenerationConfig
