@@ -1,23 +1,45 @@
 """Draft-vocabulary coverage per prompt category: the share of the target's own greedy tokens that
-the shipped heads' 8k draft vocabularies contain (a drafted token outside it can never be proposed).
+each shipped head's draft vocabulary contains (a token outside it can never be proposed).
 
-    python benchmarks/draft_vocab_coverage.py
+    python benchmarks/draft_vocab_coverage.py [--heads eagle-k1,hydra-k1] [--max-new-tokens 64]
 """
+
+import argparse
 import collections
-from koala_core.model import load_target
-from koala_core.checkpoint import Checkpoint
-from koala_core.engine import SpeculativeEngine, GenerationConfig
-from koala_core.prompts import encode_prompt
+
 from koala_core.bench import load_prompts
-t = load_target("default")
-vocab = set(Checkpoint.open("checkpoints/eagle-k1").state["vocab_ids"].tolist())
-hv = set(Checkpoint.open("checkpoints/hydra-k1").state["vocab_ids"].tolist())
-prompts = load_prompts("benchmarks/prompts/mixed-heldout.jsonl") + load_prompts("benchmarks/prompts/mixed-heldout-2.jsonl") + load_prompts("mtbench")[:24]
-eng = SpeculativeEngine(t)
-cov = collections.defaultdict(lambda: [0, 0, 0])
-for p in prompts:
-    out = eng.generate(encode_prompt(t.tokenizer, p["prompt"]), GenerationConfig(max_new_tokens=64)).token_ids
-    c = cov[p["category"]]
-    c[0] += sum(x in vocab for x in out); c[1] += sum(x in hv for x in out); c[2] += len(out)
-for k, (a, b, n) in sorted(cov.items()):
-    print(f"{k:14s} eagle-k1 vocab {a/n:.3f}  hydra-k1 vocab {b/n:.3f}  ({n} tokens)")
+from koala_core.checkpoint import Checkpoint
+from koala_core.engine import GenerationConfig, SpeculativeEngine
+from koala_core.model import load_target
+from koala_core.prompts import encode_prompt
+from koala_core.shipped import shipped_checkpoints
+
+DEV_PROMPTS = ["benchmarks/prompts/mixed-heldout.jsonl", "benchmarks/prompts/mixed-heldout-2.jsonl"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--heads", default="eagle-k1,hydra-k1")
+    ap.add_argument("--mtbench", type=int, default=24, help="MT-bench questions added (0..N-1)")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    args = ap.parse_args()
+    target = load_target("default")
+    vocabs = {h: set(Checkpoint.open(shipped_checkpoints()[h]).state["vocab_ids"].tolist())
+              for h in args.heads.split(",")}
+    prompts = [p for f in DEV_PROMPTS for p in load_prompts(f)] + load_prompts("mtbench")[:args.mtbench]
+    engine = SpeculativeEngine(target)
+    inside = collections.defaultdict(collections.Counter)
+    for p in prompts:
+        ids = encode_prompt(target.tokenizer, p["prompt"])
+        out = engine.generate(ids, GenerationConfig(max_new_tokens=args.max_new_tokens)).token_ids
+        counts = inside[p["category"]]
+        counts["tokens"] += len(out)
+        for head, vocab in vocabs.items():
+            counts[head] += sum(t in vocab for t in out)
+    for category, counts in sorted(inside.items()):
+        shares = "  ".join(f"{h} {counts[h] / counts['tokens']:.3f}" for h in vocabs)
+        print(f"{category:14s} {shares}  ({counts['tokens']} tokens)")
+
+
+if __name__ == "__main__":
+    main()
