@@ -168,34 +168,24 @@ def syncs(check: Check) -> dict:
         if m.engine is None:
             continue
         engine = m.engine
-        reads = HostReads()
         drafting = [(engine.head, "begin"), (engine.tree_policy, "build")] if engine.head else []
-        saved = [(obj, name, getattr(obj, name)) for obj, name in drafting]
-        for obj, name, original in saved:
-            def paused(*args, _original=original, **kwargs):
-                with reads.paused(), _cuda_sync_mode(0):
-                    return _original(*args, **kwargs)
-            setattr(obj, name, paused)
         per_step, cuda_syncs = [], []
         ids = check.encoded(target)[0]
-        try:
-            with reads, warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                stream = engine.stream(ids, GenerationConfig(max_new_tokens=min(32, check.max_new)))
-                with reads.paused():
-                    next(stream)  # prefill
-                while True:
-                    before, seen = reads.count, len(caught)
-                    with _cuda_sync_mode(1):
-                        try:
-                            next(stream)
-                        except StopIteration:
-                            break
-                    per_step.append(reads.count - before)
-                    cuda_syncs.append(sum("synchroniz" in str(w.message) for w in caught[seen:]))
-        finally:
-            for obj, name, original in saved:
-                setattr(obj, name, original)
+        with HostReads() as reads, reads.excluding(*drafting, also=lambda: _cuda_sync_mode(0)), \
+                warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            stream = engine.stream(ids, GenerationConfig(max_new_tokens=min(32, check.max_new)))
+            with reads.paused():
+                next(stream)  # prefill
+            while True:
+                before, seen = reads.count, len(caught)
+                with _cuda_sync_mode(1):
+                    try:
+                        next(stream)
+                    except StopIteration:
+                        break
+                per_step.append(reads.count - before)
+                cuda_syncs.append(sum("synchroniz" in str(w.message) for w in caught[seen:]))
         rows[m.name] = {"steps": len(per_step), "host_reads_max": max(per_step, default=0),
                         "host_reads_mean": sum(per_step) / max(len(per_step), 1),
                         "cuda_syncs_max": max(cuda_syncs, default=0) if not check.dry_run else None,

@@ -88,21 +88,31 @@ class PackedWeight:
     def _stamp(t: torch.Tensor | None) -> tuple:
         return () if t is None else (t.data_ptr(), t._version, t.device.type, t.dtype)
 
-    def usable(self, x: torch.Tensor) -> bool:
+    def _cpu_inference(self, x: torch.Tensor) -> bool:
+        """No gradient needed, input and weight on the CPU."""
         w = self._weight_of()
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
-        return (not needs_grad and x.device.type == "cpu" and x.dtype == torch.float32
-                and w.device.type == "cpu" and w.dtype == torch.float32)
+        return not needs_grad and x.device.type == "cpu" and w.device.type == "cpu"
+
+    def usable(self, x: torch.Tensor) -> bool:
+        return (self._cpu_inference(x) and x.dtype == torch.float32
+                and self._weight_of().dtype == torch.float32)
+
+    def pack(self, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+        return pack(weight, bias)
+
+    def apply(self, x: torch.Tensor, packed: tuple) -> torch.Tensor:
+        return packed_linear(x, packed)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ weight.T + bias``: oneDNN when :meth:`usable`, else the dense path."""
+        """``x @ weight.T + bias``: the packed copy when :meth:`usable`, else the dense path."""
         w, b = self._weight_of(), self._bias_of()
         if not self.usable(x):
             return torch.nn.functional.linear(x, w.to(x.dtype), None if b is None else b.to(x.dtype))
         key = (self._stamp(w), self._stamp(b))
         if key != self._key:
-            self._packed, self._key = pack(w, b), key
-        return packed_linear(x, self._packed)
+            self._packed, self._key = self.pack(w, b), key
+        return self.apply(x, self._packed)
 
 
 class OneDNNLinear(nn.Module):
@@ -142,18 +152,22 @@ def packed_linear(x: torch.Tensor, packed: tuple) -> torch.Tensor:
     return y.reshape(*shape[:-1], y.shape[-1])
 
 
-def use_onednn_linears(model: nn.Module) -> int:
-    """Swap every fp32 CPU ``nn.Linear`` in ``model`` for :class:`OneDNNLinear`; returns how many.
-    Safe to train, reload or move afterwards: the packed copies follow the weights."""
+def swap_linears(model: nn.Module, make, fits=lambda linear: True) -> int:
+    """Replace every ``nn.Linear`` of ``model`` that ``fits`` by ``make(linear)``; returns how many."""
     swapped = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if (isinstance(child, nn.Linear) and child.weight.dtype == torch.float32
-                    and child.weight.device.type == "cpu"):
-                setattr(module, name, OneDNNLinear(child))
+            if isinstance(child, nn.Linear) and fits(child):
+                setattr(module, name, make(child))
                 swapped += 1
     return swapped
 
+
+def use_onednn_linears(model: nn.Module) -> int:
+    """Swap every fp32 CPU ``nn.Linear`` in ``model`` for :class:`OneDNNLinear`; returns how many.
+    Safe to train, reload or move afterwards: the packed copies follow the weights."""
+    return swap_linears(model, OneDNNLinear, lambda lin: lin.weight.dtype == torch.float32
+                        and lin.weight.device.type == "cpu")
 
 
 def int8_available() -> bool:
@@ -177,20 +191,14 @@ class Int8Weight(PackedWeight):
     verifies every token)."""
 
     def usable(self, x: torch.Tensor) -> bool:
-        w = self._weight_of()
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
-        return not needs_grad and x.device.type == "cpu" and w.device.type == "cpu"
+        return self._cpu_inference(x)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = self._weight_of(), self._bias_of()
-        if not self.usable(x):
-            return torch.nn.functional.linear(x, w.to(x.dtype), None if b is None else b.to(x.dtype))
-        key = (self._stamp(w), self._stamp(b))
-        if key != self._key:
-            q, scale = quantize_rows(w)
-            self._packed = (q, scale, None if b is None else b.detach().to(torch.bfloat16))
-            self._key = key
-        q, scale, bias = self._packed
+    def pack(self, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+        q, scale = quantize_rows(weight)
+        return q, scale, None if bias is None else bias.detach().to(torch.bfloat16)
+
+    def apply(self, x: torch.Tensor, packed: tuple) -> torch.Tensor:
+        q, scale, bias = packed
         shape = x.shape
         flat = x.reshape(-1, shape[-1]).to(torch.bfloat16).contiguous()
         y = torch.ops.aten._weight_int8pack_mm(flat, q, scale)
@@ -213,10 +221,4 @@ class Int8Linear(OneDNNLinear):
 
 def use_int8_linears(model: nn.Module) -> int:
     """Swap every CPU ``nn.Linear`` in ``model`` for :class:`Int8Linear`; returns how many."""
-    swapped = 0
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear) and child.weight.device.type == "cpu":
-                setattr(module, name, Int8Linear(child))
-                swapped += 1
-    return swapped
+    return swap_linears(model, Int8Linear, lambda lin: lin.weight.device.type == "cpu")

@@ -61,3 +61,19 @@ class HostReads(contextlib.ContextDecorator):
             yield
         finally:
             self._active = was
+
+    @contextlib.contextmanager
+    def excluding(self, *methods: tuple[object, str], also=contextlib.nullcontext):
+        """Within the block, calls of ``obj.name`` for each ``(obj, name)`` are not counted (run
+        under :meth:`paused` and ``also()``); e.g. a head's ``begin`` and a policy's ``build``."""
+        saved = [(obj, name, getattr(obj, name)) for obj, name in methods]
+        for obj, name, original in saved:
+            def uncounted(*args, _original=original, **kwargs):
+                with self.paused(), also():
+                    return _original(*args, **kwargs)
+            setattr(obj, name, uncounted)
+        try:
+            yield self
+        finally:
+            for obj, name, original in saved:
+                setattr(obj, name, original)

@@ -79,15 +79,8 @@ def test_engine_step_reads_the_device_at_most_twice_outside_drafting(registry, h
     engine = SpeculativeEngine(target, drafter,
                                registry.create("tree_policies", policy, options) if policy else None)
     config = GenerationConfig(24, sampling=Sampling(temperature), seed=0, stop_at_eos=False)
-    with HostReads() as reads:
-        if drafter is not None:
-            for obj, name in ((drafter, "begin"), (engine.tree_policy, "build")):
-                original = getattr(obj, name)
-
-                def paused(*args, _original=original, **kwargs):
-                    with reads.paused():
-                        return _original(*args, **kwargs)
-                setattr(obj, name, paused)
+    drafting = [(drafter, "begin"), (engine.tree_policy, "build")] if drafter is not None else []
+    with HostReads() as reads, reads.excluding(*drafting):
         stream = engine.stream(PROMPT, config)
         with reads.paused():
             next(stream)  # the prefill
