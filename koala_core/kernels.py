@@ -48,8 +48,8 @@ def check_draft_dtype(choice: str) -> None:
 def draft_dtype(target, choice: str = "auto") -> torch.dtype:
     """The dtype a draft head computes in. Drafts need no bit-exactness (the target verifies every
     token in its own dtype), so ``auto`` drafts in weight-only int8 on a CPU with native bf16 and
-    the int8 kernel (measured on this project's CPU: EAGLE's draft step 8.2 -> 4.0-5.0 ms, Hydra's
-    4.1 -> 2.3 ms, tau unchanged), in bf16 where that is fast (CUDA, a CPU with native bf16), and
+    the int8 kernel (``python benchmarks/draft_dtype.py`` on this project's CPU: EAGLE's draft step
+    7.4 -> 4.8 ms, Hydra's 4.0 -> 2.7 ms, tau unchanged), in bf16 where that is fast (CUDA, a CPU with native bf16), and
     in the target's dtype elsewhere. ``int8`` (:data:`INT8`) runs on CPUs only."""
     from .errors import ConfigError
 
