@@ -135,14 +135,14 @@ class TargetModel:
         return recorded.get("lm_head_fingerprint") == legacy
 
     # -- forward -------------------------------------------------------------------------------
-    def new_cache(self, capacity: int | None = None):
+    def new_cache(self, capacity: int | None = None, kind: str | None = None):
         """An empty cache that keeps every token (also for sliding-window layers: see above).
 
         ``capacity``: the most tokens it will hold. Given, and with ``cache_kind`` ``static`` (or
         ``auto``: see :data:`CACHE_KINDS`), the cache is static and position-addressed
         (:class:`~koala_core.position_cache.PositionCache`: allocated once, edited in place);
-        otherwise HF's ``DynamicCache``."""
-        kind = self.cache_kind
+        otherwise HF's ``DynamicCache``. ``kind`` overrides ``cache_kind`` for this cache."""
+        kind = kind or self.cache_kind
         if kind not in CACHE_KINDS:
             raise ModelError(f"unknown cache kind {kind!r}; choose one of {', '.join(CACHE_KINDS)}")
         if kind == "auto":
@@ -184,6 +184,34 @@ class TargetModel:
             return hidden
         # hidden_states[i] is the input of decoder layer i (0: the embeddings)
         return hidden, torch.cat([out.hidden_states[i][0] for i in aux_layers], -1)
+
+    @torch.inference_mode()
+    def forward_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache,
+                     aux_layers: tuple[int, ...] = ()):
+        """A batch of left-padded rows: ``input_ids`` (B, n) new tokens, ``attention_mask`` (B,
+        past + n) with 0 on padding. Position ids count real tokens only. Returns the final-norm
+        hidden states (B, n, D), or with ``aux_layers`` a pair as :meth:`forward` does."""
+        n = input_ids.shape[1]
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -n:]
+        out = self.decoder(input_ids=input_ids, position_ids=positions, attention_mask=attention_mask,
+                           use_cache=True, output_hidden_states=bool(aux_layers),
+                           **{self._cache_kw: cache})
+        hidden = out.last_hidden_state
+        if not aux_layers:
+            return hidden
+        return hidden, torch.cat([out.hidden_states[i] for i in aux_layers], -1)
+
+    @torch.inference_mode()
+    def select_rows(self, cache, rows: torch.Tensor) -> None:
+        """Keep only batch ``rows`` of ``cache`` (finished rows leave a batched generation)."""
+        from .position_cache import PositionLayer
+
+        for layer in self._layers(cache):
+            if isinstance(layer, PositionLayer):
+                layer.select_rows(rows)
+            elif getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys = layer.keys.index_select(0, rows)
+                layer.values = layer.values.index_select(0, rows)
 
     @property
     def num_layers(self) -> int:

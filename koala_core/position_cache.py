@@ -69,6 +69,12 @@ class PositionLayer(DynamicLayer):
         self.length = new_len
         self._view()
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch ``rows`` (a batched generation whose other rows have ended)."""
+        if self.is_initialized:
+            self._k, self._v = self._k.index_select(0, rows), self._v.index_select(0, rows)
+            self._view()
+
     def crop(self, max_length: int) -> None:
         self.length = self.length + max_length if max_length < 0 else min(self.length, max_length)
         self._view()
