@@ -58,13 +58,15 @@ def test_eagle_layer_matches_hf_decoder_layer(arch):
     torch.testing.assert_close(mine(x, pos), ref, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", FAMILIES + ["eagle3"])
+@pytest.mark.parametrize("family", FAMILIES + ["eagle3", "hydra-prefix"])
 @pytest.mark.parametrize("policy", ["chain", "static", "dynamic", "auto"])
 def test_heads_draft_losslessly(registry, family, policy):
     target = tiny_target()
     if family == "eagle3":  # fused inputs of layers 0 and 1, handed over by the engine each step
         head = make_head(registry, "eagle", target, 2, aux_layers="0,1", ttt_steps=2)
         assert head.aux_layers == (0, 1)
+    elif family == "hydra-prefix":  # Hydra++: a prefix layer with its own growing KV cache
+        head = make_head(registry, "hydra", target, 2, prefix=True)
     else:
         head = make_head(registry, family, target, 2)
     with torch.no_grad():  # make the zero-initialised heads do something non-trivial

@@ -29,19 +29,19 @@ def random_head(registry, family, layers, target, **options):
     return head.eval()
 
 
-EAGLE_VARIANTS = {  # EAGLE with training-time test, and EAGLE-3 (fused layers 0 and 1 of 2)
-    "eagle-ttt": {"ttt_steps": 3},
-    "eagle3": {"aux_layers": "0,1", "ttt_steps": 3},
+VARIANTS = {  # EAGLE with training-time test, EAGLE-3 (fused layers 0 and 1 of 2), Hydra++
+    "eagle-ttt": ("eagle", {"ttt_steps": 3}),
+    "eagle3": ("eagle", {"aux_layers": "0,1", "ttt_steps": 3}),
+    "hydra-prefix": ("hydra", {"prefix": True}),
 }
 
 
 @pytest.mark.parametrize("layers", [1, 2])
-@pytest.mark.parametrize("family", ["medusa", "hydra", "eagle", *EAGLE_VARIANTS])
+@pytest.mark.parametrize("family", ["medusa", "hydra", "eagle", *VARIANTS])
 def test_training_outputs_equal_inference_proposals(registry, family, layers):
     target = tiny_target()
-    options = EAGLE_VARIANTS.get(family, {})
-    head = random_head(registry, family if family not in EAGLE_VARIANTS else "eagle", layers,
-                       target, **options)
+    plugin, options = VARIANTS.get(family, (family, {}))
+    head = random_head(registry, plugin, layers, target, **options)
     ids = torch.randint(2, 96, (L,), generator=torch.Generator().manual_seed(1))
     hidden, aux = target.forward(ids, target.new_cache(), aux_layers=(0, 1))  # (L, D): the f_t
     aux = aux if head.aux_layers else None
