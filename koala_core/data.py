@@ -187,8 +187,8 @@ def teacher_pass(target, ids: list[int], mask: list[int], aux_layers=(),
     return arrays
 
 
-MANIFEST_FORMAT = 2
-POOL = 4  # regenerate: prompts are sorted by length in pools of this many batches  # 2: split by conversation id, duplicate prompts dropped
+MANIFEST_FORMAT = 2  # 2: split by conversation id, duplicate prompts dropped
+POOL = 4  # regenerate: prompts are sorted by length in pools of this many batches
 
 
 def prepare_parts(target, out: str | Path, config: PrepareConfig, workers, data=None,
