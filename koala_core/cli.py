@@ -282,7 +282,8 @@ def _prepared_tokens(folder) -> int:
 
 @main.command()
 @click.option("--model", default="default", show_default=True)
-@click.option("--data", required=True, help="Folder made by `koala prepare`.")
+@click.option("--data", required=True, multiple=True, help="Folder made by `koala prepare` "
+              "(repeat to train on several: their splits are joined).")
 @click.option("--out", required=True, help="Checkpoint folder to write.")
 @click.option("--head", default="eagle", show_default=True)
 @click.option("--head-option", "head_options", multiple=True, metavar="KEY=VALUE")
@@ -381,7 +382,8 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
     device = team.device_for(device)
     try:
         target = load_target(model, device=device)
-        metrics = run_train(target, data, out, config, resume=resume, tree=tree_spec, workers=team)
+        metrics = run_train(target, list(data), out, config, resume=resume, tree=tree_spec,
+                            workers=team)
     finally:
         team.close()
     if team.main:

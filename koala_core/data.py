@@ -393,3 +393,18 @@ def load_split(folder: str | Path, split: str, aux_layers=()) -> dict[str, torch
             raise KoalaError(f"shard {folder / n} is unreadable ({exc}); delete it and its entry in "
                              f"manifest.json, then rerun `koala prepare` to resume") from exc
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def load_splits(folders, split: str, aux_layers=()) -> dict[str, torch.Tensor]:
+    """:func:`load_split` of several prepared sets, concatenated (each keeps its own validation
+    split, so a run over disjoint sets validates on text it never trained on)."""
+    folders = [Path(f) for f in ([folders] if isinstance(folders, (str, Path)) else folders)]
+    parts = [load_split(f, split, aux_layers) for f in folders]
+    if len(parts) == 1:
+        return parts[0]
+    keys = set(parts[0])
+    for f, part in zip(folders[1:], parts[1:]):
+        if set(part) != keys:
+            raise KoalaError(f"{f} holds {sorted(part)} but {folders[0]} holds {sorted(keys)}: "
+                             f"prepare them with the same --topk to train on both")
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

@@ -19,7 +19,7 @@ import torch
 from .adversary import Adversary
 from .checkpoint import save_head
 from .files import write_folder_atomic
-from .data import load_split
+from .data import load_splits
 from .distributed import Workers, no_sync
 from .errors import ConfigError, KoalaError
 from .heads import NeuralHead, TrainBatch
@@ -83,11 +83,18 @@ def draft_vocabulary(split: dict[str, torch.Tensor], size: int, vocab: int) -> t
     return torch.topk(counts, size).indices.sort().values
 
 
-def data_summary(folder: Path) -> dict:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    digest = hashlib.sha256(json.dumps(manifest["shards"]).encode()
-                            + json.dumps(manifest["config"], sort_keys=True).encode()).hexdigest()
-    return {"tokens": manifest["tokens"], "prepare": manifest["config"], "hash": digest[:16]}
+def data_summary(folders: list[Path]) -> dict:
+    """Tokens, prepare settings and a hash of the prepared set(s) a head was trained on."""
+    manifests = [json.loads((f / "manifest.json").read_text()) for f in folders]
+    digest = hashlib.sha256()
+    for m in manifests:
+        digest.update(json.dumps(m["shards"]).encode() + json.dumps(m["config"], sort_keys=True).encode())
+    if len(manifests) == 1:
+        m = manifests[0]
+        return {"tokens": m["tokens"], "prepare": m["config"], "hash": digest.hexdigest()[:16]}
+    return {"tokens": {s: sum(m["tokens"][s] for m in manifests) for s in ("train", "val")},
+            "prepare": [m["config"] for m in manifests], "hash": digest.hexdigest()[:16],
+            "sets": [f.name for f in folders]}
 
 
 @torch.no_grad()
@@ -134,10 +141,11 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train(target, data: str | Path, out: str | Path, config: TrainConfig = TrainConfig(),
+def train(target, data: str | Path | list, out: str | Path, config: TrainConfig = TrainConfig(),
           resume: bool = False, registry=None, progress: bool = True,
           tree: tuple[str, dict] | None = None, workers: Workers = Workers()) -> dict:
-    """Train ``config.head`` on prepared ``data``; writes the checkpoint to ``out``.
+    """Train ``config.head`` on prepared ``data`` (a folder, or several whose splits are joined);
+    writes the checkpoint to ``out``.
 
     ``workers``: this process's place in a data-parallel run (see :mod:`koala_core.distributed`);
     each worker runs its share of every batch's ``micro_batches`` chunks, rank 0 writes.
@@ -150,7 +158,8 @@ def train(target, data: str | Path, out: str | Path, config: TrainConfig = Train
     share = workers.share(config.micro_batches)
     if workers.distributed and config.adversary.enabled:
         raise ConfigError("adversarial training runs in one process for now")
-    data, out = Path(data), Path(out)
+    folders = [Path(d) for d in ([data] if isinstance(data, (str, Path)) else data)]
+    out = Path(out)
     torch.manual_seed(config.seed)
     head = reg.create("heads", config.head, config.head_options, target=target)
     if not isinstance(head, NeuralHead):
@@ -158,8 +167,8 @@ def train(target, data: str | Path, out: str | Path, config: TrainConfig = Train
     head.to(target.device).train()
     loss_name = config.loss or head.default_loss
     loss_fn = reg.create("losses", loss_name, config.loss_options)
-    train_split = load_split(data, "train", head.aux_layers)
-    val_split = load_split(data, "val", head.aux_layers)
+    train_split = load_splits(folders, "train", head.aux_layers)
+    val_split = load_splits(folders, "val", head.aux_layers)
     if config.init:
         warm_start(head, config.init, target, reg)
     else:
@@ -232,7 +241,7 @@ def train(target, data: str | Path, out: str | Path, config: TrainConfig = Train
         metrics["adversary"] = {"backoffs": adversary.backoffs, "stopped_at": adversary.stopped_at}
     if workers.distributed:
         metrics["workers"] = workers.world
-    recipe = {"train": dataclasses.asdict(config), "loss": loss_name, "data": data_summary(data)}
+    recipe = {"train": dataclasses.asdict(config), "loss": loss_name, "data": data_summary(folders)}
     if adversary is None:
         recipe["train"].pop("adversary")
     if workers.main:

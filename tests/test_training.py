@@ -245,3 +245,30 @@ def test_hydra_prefix_layer_trains_and_round_trips(prepared, registry, tmp_path)
     train(target, data, tmp_path / "h", config, registry=registry, progress=False)
     head = load_head(tmp_path / "h", target, registry)
     assert head.prefix is not None and head.prefix.mlp.down_proj.weight.abs().sum() > 0
+
+
+def test_training_on_two_prepared_sets_joins_their_splits(prepared, registry, tmp_path):
+    """`koala train --data A --data B`: both sets' windows are trained on, each set's validation
+    split is validated on, and the checkpoint records both; sets of different kinds are refused."""
+    from koala_core.data import load_splits
+
+    target, data = prepared
+    src = write_sharegpt(tmp_path / "more.json", seed=5)
+    other = tmp_path / "more"
+    prepare(target, other, PrepareConfig(max_tokens=1500, max_length=64, val_every=4, topk=4),
+            data=src, progress=False)
+    both = load_splits([data, other], "train")
+    one, two = load_split(data, "train"), load_split(other, "train")
+    assert both["input_ids"].shape[0] == one["input_ids"].shape[0] + two["input_ids"].shape[0]
+    assert both["lengths"].shape[0] == one["lengths"].shape[0] + two["lengths"].shape[0]
+    config = TrainConfig(head="medusa", head_options={"heads": 2, "draft_vocab": 64}, steps=4,
+                         batch_size=2, window=16, eval_every=4)
+    train(target, [data, other], tmp_path / "ck", config, registry=registry, progress=False)
+    recorded = load_head(tmp_path / "ck", target, registry).checkpoint_meta["recipe"]["data"]
+    assert recorded["sets"] == ["data", "more"] and len(recorded["prepare"]) == 2
+    assert recorded["tokens"]["train"] == both["input_ids"].shape[0]
+    plain = tmp_path / "plain"
+    prepare(target, plain, PrepareConfig(max_tokens=800, max_length=64, val_every=4), data=src,
+            progress=False)
+    with pytest.raises(KoalaError, match="same --topk"):
+        load_splits([data, plain], "train")
