@@ -234,8 +234,11 @@ def policy_summary(engine) -> dict | None:
 @click.option("--batch-size", default=32, show_default=True,
               help="Answers generated together (--regenerate; prompts are sorted by length in "
               "pools of four batches).")
+@click.option("--rebuild", default="", metavar="DIR", help="Teacher-force the token ids of another "
+              "prepared set (e.g. a --regenerate one) instead of reading ShareGPT: new features "
+              "(--aux-layers, --dtype, --topk) without generating again.")
 def prepare(model, out, max_tokens, max_length, topk, data, skip, aux_layers, device, dtype, regenerate,
-            max_new_tokens, batch_size) -> None:
+            max_new_tokens, batch_size, rebuild) -> None:
     """Run the frozen target over ShareGPT and cache what training needs (resumable; data-parallel
     under torchrun / accelerate launch, each worker taking every N-th record).
 
@@ -247,8 +250,9 @@ def prepare(model, out, max_tokens, max_length, topk, data, skip, aux_layers, de
 
     config = PrepareConfig(max_tokens=max_tokens, max_length=max_length, topk=topk, skip=skip,
                            aux_layers=aux_layers, dtype=dtype, regenerate=regenerate,
-                           max_new_tokens=max_new_tokens, batch_size=batch_size)
-    kind = "sharegpt-regen" if regenerate else "sharegpt"
+                           max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           rebuild=str(Path(rebuild).expanduser().resolve()) if rebuild else "")
+    kind = "sharegpt-regen" if regenerate else "rebuilt" if rebuild else "sharegpt"
     out = out or str(cache_dir() / "data" / (f"{kind}-{max_tokens}"
                                              + (f"-skip{skip}" if skip else "")))
     team = join_workers(device)

@@ -111,6 +111,7 @@ class PrepareConfig:
     regenerate: bool = False  # on-policy: the target answers each first user turn itself
     max_new_tokens: int = 256  # per answer (regenerate)
     batch_size: int = 32  # answers generated together (regenerate)
+    rebuild: str = ""  # a prepared set whose token ids are teacher-forced instead of ShareGPT's
 
     def __post_init__(self):
         if (self.max_tokens < 1 or self.max_length < 8 or self.val_every < 2 or self.topk < 0
@@ -119,6 +120,8 @@ class PrepareConfig:
                               "topk >= 0, skip >= 0")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ConfigError("prepare: need max_new_tokens >= 1 and batch_size >= 1")
+        if self.rebuild and self.regenerate:
+            raise ConfigError("prepare: --rebuild teacher-forces a set's tokens; it does not regenerate")
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"prepare: dtype must be float32 or bfloat16, not {self.dtype!r}")
 
@@ -296,29 +299,61 @@ def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
         manifest["conversations_done"] = conversations
         write_json_atomic(manifest_path, manifest)
 
-    def write(batch: list[tuple[Conversation, list[int], list[int]]]) -> None:
+    def write(batch: list[tuple[str, str, list[int], list[int]]]) -> None:
         if config.regenerate:  # prompts of like length together: less padding
-            batch = sorted(batch, key=lambda item: len(item[1]))
+            batch = sorted(batch, key=lambda item: len(item[2]))
             records = []
             for i in range(0, len(batch), config.batch_size):
-                rows = [ids for _, ids, _ in batch[i:i + config.batch_size]]
+                rows = [ids for _, _, ids, _ in batch[i:i + config.batch_size]]
                 records += answer_batch(target, rows, [min(config.max_new_tokens,
                                                            config.max_length - len(ids) + 1)
                                                        for ids in rows], aux_layers, config.topk)
         else:
             records = [teacher_pass(target, ids, mask, aux_layers, config.topk)
-                       for _, ids, mask in batch]
-        for (conv, _, _), arrays in zip(batch, records):
-            split = split_of(conv.conversation, config.val_every)
+                       for _, _, ids, mask in batch]
+        for (record, split, _, _), arrays in zip(batch, records):
             writers[split].add(**arrays)
-            pending[split].append(conv.record)
+            pending[split].append(record)
             counts[split] += len(arrays["input_ids"])
             bar.update(len(arrays["input_ids"]))
 
+    items = (rebuild_items(Path(config.rebuild), done) if config.rebuild
+             else sharegpt_items(config, data, tok, done, part))
+    batch: list[tuple[str, str, list[int], list[int]]] = []
+    index = done
+    for index, record, split, ids, mask in items:
+        if counts["train"] + counts["val"] >= budget:
+            break
+        batch.append((record, split, ids, mask))
+        if config.regenerate:  # a pool of prompts, or what the budget still takes
+            room = budget - counts["train"] - counts["val"]
+            if (len(batch) < config.batch_size * POOL
+                    and sum(len(b[2]) + config.max_new_tokens for b in batch) < room):
+                continue
+        write(batch)
+        batch = []
+        if max(w.tokens for w in writers.values()) >= config.shard_tokens:
+            commit(index + 1)
+    else:
+        index += 1
+        manifest["exhausted"] = True  # every record of the source is in
+    if batch:
+        write(batch)
+    commit(index)
+    manifest["complete"] = True
+    write_json_atomic(manifest_path, manifest)
+    bar.close()
+    return manifest
+
+
+def sharegpt_items(config: PrepareConfig, data, tok, done: int, part: tuple[int, int]):
+    """(index, record id, split, token ids, assistant mask) of the ShareGPT records still to do:
+    every record of one conversation in one split, repeated prompts and the skipped records (and
+    the rest of the conversation the last one belongs to) left out, worker ``part`` (r, N) taking
+    every N-th record. With ``regenerate``: the first user turn alone, ready for the assistant."""
+    rank, world = part
     seen_prompts: set[str] = set()
     skipped: set[str] = set()  # conversations begun inside the skipped records
-    batch: list[tuple[Conversation, list[int], list[int]]] = []
-    index = done
     for index, conv in enumerate(iter_sharegpt(data)):
         duplicate = conv.prompt_key in seen_prompts
         seen_prompts.add(conv.prompt_key)  # rebuilt on resume: the loop always starts at record 0
@@ -327,8 +362,6 @@ def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
             continue
         if index < done or duplicate or conv.conversation in skipped or index % world != rank:
             continue
-        if counts["train"] + counts["val"] >= budget:
-            break
         if config.regenerate:  # the first user turn, as a user would send it
             ids = encode_chat(tok, conv.messages[:1])
             if len(ids) > config.max_length - 8:
@@ -340,26 +373,34 @@ def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
             mask = assistant_mask(tok, conv.messages, ids)
             if len(ids) < 8 or sum(mask) == 0:
                 continue
-        batch.append((conv, ids, mask))
-        if config.regenerate:  # a pool of prompts, or what the budget still takes
-            room = budget - counts["train"] - counts["val"]
-            if (len(batch) < config.batch_size * POOL
-                    and sum(len(b[1]) + config.max_new_tokens for b in batch) < room):
-                continue
-        write(batch)
-        batch = []
-        if max(w.tokens for w in writers.values()) >= config.shard_tokens:
-            commit(index + 1)
-    else:
-        index += 1
-        manifest["exhausted"] = True  # every conversation of the file is in
-    if batch:
-        write(batch)
-    commit(index)
-    manifest["complete"] = True
-    write_json_atomic(manifest_path, manifest)
-    bar.close()
-    return manifest
+        yield index, conv.record, split_of(conv.conversation, config.val_every), ids, mask
+
+
+def rebuild_items(source: Path, done: int):
+    """The records of another prepared set (token ids, loss mask, split), in its order: ``koala
+    prepare --rebuild`` teacher-forces them again (new features without generating again)."""
+    from safetensors.torch import load_file
+
+    path = source / "manifest.json"
+    if not path.is_file():
+        raise KoalaError(f"--rebuild {source}: no prepared data there (no manifest.json)")
+    manifest = json.loads(path.read_text())
+    records = {s: iter(manifest["records"][s]) for s in ("train", "val")}
+    index = 0
+    for name in manifest["shards"]:
+        split = "train" if Path(name).name.startswith("train") else "val"
+        try:
+            shard = load_file(source / name)
+        except Exception as exc:
+            raise KoalaError(f"--rebuild: shard {source / name} is unreadable ({exc})") from exc
+        start = 0
+        for n in shard["lengths"].tolist():
+            record = next(records[split])
+            if index >= done:
+                yield (index, record, split, shard["input_ids"][start:start + n].tolist(),
+                       shard["loss_mask"][start:start + n].tolist())
+            index += 1
+            start += n
 
 
 def load_split(folder: str | Path, split: str, aux_layers=()) -> dict[str, torch.Tensor]:

@@ -133,3 +133,27 @@ def test_cli_prepare_regenerate_reports_what_it_added(tmp_path):
     other = CliRunner().invoke(main, args[:-1] + [str(tmp_path / "regen"), "--max-tokens", "600",
                                                   "--dtype", "bfloat16"])
     assert other.exit_code != 0 and "other settings" in other.output
+
+
+def test_rebuild_teacher_forces_a_regenerated_sets_tokens(tmp_path):
+    """`koala prepare --rebuild DIR`: the token ids of a regenerated set, teacher-forced again (here
+    with the inputs of layers 0 and 1 added), give its records, splits, labels and features."""
+    target = tiny_target(scale=4.0)
+    src = write_sharegpt(tmp_path / "s.json")
+    regen = PrepareConfig(max_tokens=500, max_length=64, val_every=4, topk=2, shard_tokens=120,
+                          regenerate=True, max_new_tokens=10, batch_size=3)
+    first = prepare(target, tmp_path / "regen", regen, data=src, progress=False)
+    again = PrepareConfig(max_tokens=10_000, max_length=64, val_every=4, topk=2, shard_tokens=150,
+                          aux_layers="0,1", rebuild=str(tmp_path / "regen"))
+    rebuilt = prepare(target, tmp_path / "rebuilt", again, progress=False)
+    assert rebuilt["exhausted"] and rebuilt["records"] == first["records"]
+    assert rebuilt["tokens"] == first["tokens"]
+    for split in ("train", "val"):
+        a, b = load_split(tmp_path / "regen", split), load_split(tmp_path / "rebuilt", split, (0, 1))
+        for k in ("input_ids", "lengths", "loss_mask", "labels", "topk_ids"):
+            assert torch.equal(a[k], b[k]), (split, k)
+        assert torch.allclose(a["hidden"].float(), b["hidden"].float(), atol=2e-3)
+        assert b["aux"].shape == (b["input_ids"].shape[0], 2 * target.hidden_size)
+    with pytest.raises(KoalaError, match="no prepared data"):
+        prepare(target, tmp_path / "x", PrepareConfig(rebuild=str(tmp_path / "nothing")),
+                progress=False)
