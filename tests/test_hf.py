@@ -61,4 +61,10 @@ def test_the_shipped_head_inside_generate_equals_plain_generate(real_target):
         assert torch.equal(model.generate(ids, max_new_tokens=48, do_sample=False,
                                           custom_generate=koala), plain)
     engine = koala.engine_for(model)
-    assert engine.head is not None and type(engine.head).__name__ == "HydraHead"
+    import json
+    from pathlib import Path
+
+    from koala_core.shipped import default_checkpoint
+
+    family = json.loads((Path(default_checkpoint("default")) / "koala.json").read_text())["plugin"]["name"]
+    assert engine.head is not None and engine.head.plugin_name == family  # the shipped default
