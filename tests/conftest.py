@@ -143,3 +143,26 @@ def prepared(tmp_path):
     prepare(target, out, PrepareConfig(max_tokens=3000, max_length=64, val_every=4, topk=4,
                                        shard_tokens=500), data=src, progress=False)
     return target, out
+
+
+def prepare_interrupted(target, out, config, data, monkeypatch, at: int) -> None:
+    """Run ``prepare`` into ``out`` until the ``at``-th shard flush raises KeyboardInterrupt (as a
+    Ctrl-C would), check the manifest says incomplete, then resume it to the end."""
+    import json
+
+    from koala_core import data as data_mod
+
+    real_flush, calls = data_mod.ShardWriter.flush, []
+
+    def crash(self):
+        calls.append(1)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return real_flush(self)
+
+    monkeypatch.setattr(data_mod.ShardWriter, "flush", crash)
+    with pytest.raises(KeyboardInterrupt):
+        data_mod.prepare(target, out, config, data=data, progress=False)
+    monkeypatch.setattr(data_mod.ShardWriter, "flush", real_flush)
+    assert not json.loads((out / "manifest.json").read_text())["complete"]
+    data_mod.prepare(target, out, config, data=data, progress=False)

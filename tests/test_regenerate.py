@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_target, write_sharegpt
+from conftest import prepare_interrupted, tiny_target, write_sharegpt
 from koala_core.data import PrepareConfig, load_split, prepare, teacher_pass
 from koala_core.errors import KoalaError
 from koala_core.prompts import encode_chat
@@ -51,8 +51,6 @@ def test_batched_answers_are_greedy_and_carry_the_targets_outputs(aux):
 
 
 def test_prepare_regenerate_writes_resumable_on_policy_shards(tmp_path, monkeypatch):
-    from koala_core import data as data_mod
-
     target = tiny_target(scale=4.0)
     src = write_sharegpt(tmp_path / "s.json")
     config = PrepareConfig(max_tokens=600, max_length=64, val_every=4, topk=2, shard_tokens=120,
@@ -67,20 +65,7 @@ def test_prepare_regenerate_writes_resumable_on_policy_shards(tmp_path, monkeypa
         prompt = ids[:mask.index(1) + 1]
         assert greedy(target, prompt, 10)[:length] == ids
         start += length
-    real_flush, calls = data_mod.ShardWriter.flush, []
-
-    def crash_on_third(self):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_flush(self)
-
-    monkeypatch.setattr(data_mod.ShardWriter, "flush", crash_on_third)
-    with pytest.raises(KeyboardInterrupt):
-        prepare(target, tmp_path / "part", config, data=src, progress=False)
-    monkeypatch.setattr(data_mod.ShardWriter, "flush", real_flush)
-    assert not json.loads((tmp_path / "part" / "manifest.json").read_text())["complete"]
-    prepare(target, tmp_path / "part", config, data=src, progress=False)
+    prepare_interrupted(target, tmp_path / "part", config, src, monkeypatch, at=3)
     for name in ("train", "val"):
         a, b = load_split(tmp_path / "full", name), load_split(tmp_path / "part", name)
         assert a.keys() == b.keys()

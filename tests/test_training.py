@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_target, write_sharegpt
+from conftest import prepare_interrupted, tiny_target, write_sharegpt
 from koala_core.checkpoint import load_head, save_head
 from koala_core.data import PrepareConfig, iter_sharegpt, load_split, prepare
 from koala_core.errors import CheckpointError, ConfigError, KoalaError
@@ -64,26 +64,11 @@ def test_prepare_labels_are_the_targets_choices(prepared):
 
 
 def test_prepare_resumes_after_interruption(tmp_path, monkeypatch):
-    from koala_core import data as data_mod
-
     target = tiny_target()
     src = write_sharegpt(tmp_path / "s.json")
     config = PrepareConfig(max_tokens=3000, max_length=64, val_every=4, shard_tokens=300)
     prepare(target, tmp_path / "full", config, data=src, progress=False)
-    real_flush, calls = data_mod.ShardWriter.flush, []
-
-    def crash_on_fourth(self):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real_flush(self)
-
-    monkeypatch.setattr(data_mod.ShardWriter, "flush", crash_on_fourth)
-    with pytest.raises(KeyboardInterrupt):
-        prepare(target, tmp_path / "part", config, data=src, progress=False)
-    monkeypatch.setattr(data_mod.ShardWriter, "flush", real_flush)
-    assert not json.loads((tmp_path / "part" / "manifest.json").read_text())["complete"]
-    prepare(target, tmp_path / "part", config, data=src, progress=False)
+    prepare_interrupted(target, tmp_path / "part", config, src, monkeypatch, at=4)
     for split in ("train", "val"):
         a, b = load_split(tmp_path / "full", split), load_split(tmp_path / "part", split)
         for k in a:
