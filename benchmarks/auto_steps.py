@@ -1,6 +1,7 @@
 """What an adaptive tree policy does step by step on a prompt file, against plain decoding in the
-same process: per prompt the speedup and a line of steps ('.' plain, a digit: drafted, tokens
-accepted), with the drafting and verify times of the drafted steps.
+same process: per prompt the speedup and a line of steps ('.' plain, 's' shadow: drafted but only
+the root verified, a digit: a verified tree, tokens accepted), with the drafting and verify times
+of the drafted steps.
 
     python benchmarks/auto_steps.py recipes/eagle-k1-auto.toml PROMPTS.jsonl [--category translation]
 """
@@ -12,6 +13,8 @@ from koala_core.compose import build_method
 from koala_core.engine import GenerationConfig
 from koala_core.model import load_target
 from koala_core.prompts import encode_prompt
+
+SHADOW_S = 5e-4  # a step that spent longer drafting drafted something
 
 
 def main() -> None:
@@ -35,11 +38,14 @@ def main() -> None:
             totals[0] += per_b
             totals[1] += per_r
             steps = [s for s in r.steps if not s.prefill]
-            line = "".join("." if not s.drafted else str(min(9, s.accepted)) for s in steps)
+            line = "".join(str(min(9, s.accepted)) if s.drafted else "s" if s.draft_s > SHADOW_S
+                           else "." for s in steps)
             drafted = [s for s in steps if s.drafted]
             print(f"{per_b / per_r:.2f}x {line}")
             print("   drafted steps: draft ms", [round(s.draft_s * 1e3) for s in drafted],
                   "verify ms", [round(s.verify_s * 1e3) for s in drafted],
+                  "| shadow draft ms", [round(s.draft_s * 1e3) for s in steps
+                                        if not s.drafted and s.draft_s > SHADOW_S][:8],
                   "| plain verify ms", [round(s.verify_s * 1e3) for s in steps if not s.drafted][:6])
     print(f"overall {totals[0] / totals[1]:.3f}x")
     summary = getattr(method.engine.tree_policy, "summary", None)

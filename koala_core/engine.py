@@ -232,7 +232,7 @@ class SpeculativeEngine:
             new = [tree.tokens[i] for i in verdict.path[1:]] + [verdict.bonus]
             t2 = time.perf_counter()
             if policy is not None:
-                policy.observe(tree, verdict.path, t1 - t0, t2 - t1)
+                policy.observe(tree, verdict.path, t1 - t0, t2 - t1, bonus=verdict.bonus)
             out = []
             for tok in new[:room]:
                 out.append(tok)

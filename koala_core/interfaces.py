@@ -124,10 +124,13 @@ class TreePolicy(abc.ABC):
         (the head's ``begin`` is skipped too, and sees the skipped states at its next call)."""
         return True
 
-    def observe(self, tree: Tree, path: list[int], draft_s: float, verify_s: float) -> None:
+    def observe(self, tree: Tree, path: list[int], draft_s: float, verify_s: float,
+                bonus: int | None = None) -> None:
         """Learn from the step just verified: the tree, the accepted ``path`` (node indices, root
-        first), and the seconds spent drafting (begin + build) and verifying (target forward,
-        verifier, cache update). Called after every decode step, drafted or not."""
+        first), the seconds spent drafting (begin + build) and verifying (target forward,
+        verifier, cache update), and ``bonus``: the target's own token after the accepted path
+        (so the target's token after the root is ``tree.tokens[path[1]]``, or ``bonus`` when the
+        path is the root alone). Called after every decode step, drafted or not."""
 
 
 @dataclass(frozen=True)

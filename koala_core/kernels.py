@@ -135,20 +135,37 @@ class OneDNNLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, onednn"
 
 
+def _pointwise_available() -> bool:
+    """Whether this torch has oneDNN's dense-in, dense-out linear on a prepacked weight (what
+    Inductor's CPU freezing calls): no per-call conversion of the activations to oneDNN tensors."""
+    ops = torch.ops.mkldnn
+    return hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight")
+
+
 def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple:
     """A (weight, bias) pair in oneDNN's own layout for :func:`packed_linear`. mkldnn tensors
-    cannot be buffers of a state dict: callers keep it in a :class:`PackedWeight`."""
+    cannot be buffers of a state dict: callers keep it in a :class:`PackedWeight`.
+
+    The layout is oneDNN's generic one (no batch-size hint): a row's result is then the same bit
+    for bit whether it is multiplied alone (a decode step) or among others (a verified tree)."""
     with torch.no_grad():
+        if _pointwise_available():
+            return ("pointwise", torch.ops.mkldnn._reorder_linear_weight(weight.detach()),
+                    None if bias is None else bias.detach().float().contiguous())
         if bias is None:
             bias = torch.zeros(weight.shape[0])
-        return weight.detach().to_mkldnn(), bias.detach().float().to_mkldnn()
+        return "mkldnn", weight.detach().to_mkldnn(), bias.detach().float().to_mkldnn()
 
 
 def packed_linear(x: torch.Tensor, packed: tuple) -> torch.Tensor:
     """``x @ weight.T + bias`` (x: (..., in)) with a :func:`pack`-ed weight."""
+    kind, weight, bias = packed
     shape = x.shape
-    flat = x.reshape(-1, shape[-1]).contiguous().to_mkldnn()
-    y = torch._C._nn.mkldnn_linear(flat, *packed).to_dense()
+    flat = x.reshape(-1, shape[-1]).contiguous()
+    if kind == "pointwise":
+        y = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "")
+    else:
+        y = torch._C._nn.mkldnn_linear(flat.to_mkldnn(), weight, bias).to_dense()
     return y.reshape(*shape[:-1], y.shape[-1])
 
 

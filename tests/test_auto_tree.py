@@ -55,6 +55,38 @@ def test_auto_switches_drafting_off_when_nothing_is_accepted(registry):
     assert cell[0] / cell[1] < 0.3
 
 
+class ScriptHead(DraftHead):
+    """Proposes ``script`` (the target's own continuation of PROMPT) at depth 1, or a wrong token."""
+
+    def __init__(self, script, right=True, **kw):
+        super().__init__(**kw)
+        self.script, self.right = script, right
+
+    def expand(self, tree, nodes, k):
+        pos = len(self.ctx.tokens) - len(PROMPT)
+        token = self.script[pos] if self.right else 95
+        tokens = torch.tensor([[token] + [-1] * (k - 1)] * len(nodes))
+        logprobs = torch.tensor([[-0.05] + [-float("inf")] * (k - 1)] * len(nodes))
+        return Candidates(tokens, logprobs)
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_a_tree_that_does_not_pay_is_not_verified_but_still_grades_its_guesses(registry, right):
+    target = tiny_target()
+    truth = hf_greedy(target, PROMPT, 8)
+    policy = registry.create("tree_policies", "auto", {"probe_every": 100})
+    for cell in policy.table.values():
+        cell[0] = 0.0  # the calibration says: no guess of this head is ever accepted
+    engine = SpeculativeEngine(target, ScriptHead(truth, right, target=target), policy)
+    result = engine.generate(PROMPT, GenerationConfig(max_new_tokens=6, stop_at_eos=False))
+    assert result.token_ids == truth[:6]
+    assert result.steps[2].drafted == 0 and policy.summary()["shadow_share"] > 0
+    hits, trials = policy.table[(1, 9)]  # the head's guesses (p = 0.95) were graded all the same
+    assert trials > 4 and (hits > 0) == right
+    # what the grades taught: verify the guesses of a head that turned out right, never the others
+    assert (result.drafted > 0) == right
+
+
 def test_a_new_generation_starts_with_drafting_on(registry):
     target = tiny_target(scale=4.0)
     policy = registry.create("tree_policies", "auto")

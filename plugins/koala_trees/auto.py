@@ -16,6 +16,12 @@ against plain decoding's 1 / verify(1). Everything on the right is measured, not
   measured single-token step, until that size has been measured);
 - draft: the seconds of the head's last drafting steps.
 
+The best size may be zero: a *shadow step*. Once drafted, a tree whose best nodes cannot pay for
+their extra verify rows is not verified at all (the root alone goes to the target), yet it still
+teaches: the target's next token says whether each depth-1 guess would have been accepted (exactly
+so at T=0; at T>0 a match undercounts what rejection sampling would accept). Every depth-1 guess
+that was not verified, in shadow steps and pruned ones in tree steps, is learnt this way.
+
 The floor: when drafting steps have recently produced fewer tokens per second than plain decoding
 would (a moving average of their measured rate over ``1 / verify(1)``; say, a translation prompt
 on which every draft is rejected), the policy stops drafting altogether (``should_draft`` is
@@ -89,12 +95,16 @@ class AutoPolicy(TreePolicy):
                     "plain decoding's tokens/s"})
         probe_every: int = field(default=12, metadata={
             "help": "plain steps between probes while drafting is switched off"})
+        patience: int = field(default=8, metadata={
+            "help": "drafting steps of a generation before the floor may switch drafting off "
+                    "(a probe after a pause takes 2)"})
         min_path: float = field(default=0.02, metadata={
             "help": "stop expanding when no frontier path is this likely to be accepted"})
 
         def __post_init__(self):
-            if min(self.max_nodes, self.max_depth, self.top_k, self.probe_every) < 1:
-                raise ConfigError("auto: max_nodes, max_depth, top_k and probe_every must be >= 1")
+            if min(self.max_nodes, self.max_depth, self.top_k, self.probe_every, self.patience) < 1:
+                raise ConfigError("auto: max_nodes, max_depth, top_k, probe_every and patience "
+                                  "must be >= 1")
             if not 0 <= self.min_path < 1 or not 0 < self.floor <= 2:
                 raise ConfigError("auto: min_path must be in [0, 1), floor in (0, 2]")
 
@@ -117,9 +127,10 @@ class AutoPolicy(TreePolicy):
         self.probing = False
         self.paused = False  # drafting was switched off in this generation
         self.built = False  # whether this step's tree came from build (else: a plain step)
+        self.unverified: list[tuple[int, float]] = []  # depth-1 guesses built but not verified
         self.step = 0
-        self.counts = {"steps": 0, "drafted_steps": 0, "plain_steps": 0, "switched_off": 0,
-                       "nodes": 0}
+        self.counts = {"steps": 0, "drafted_steps": 0, "shadow_steps": 0, "plain_steps": 0,
+                       "switched_off": 0, "nodes": 0}
 
     # -- the model of this machine and this head -----------------------------------------------
     def acceptance(self, depth: int, p: float) -> float:
@@ -157,13 +168,15 @@ class AutoPolicy(TreePolicy):
 
     def deeper_pays(self, path_p: list[float], frontier: list[int], levels: int) -> bool:
         """Whether expanding one more level can pay for itself: it adds at most the frontier's path
-        probabilities in expected tokens, for one more level of drafting time; that must beat the
-        rate the tree reaches already."""
+        probabilities in expected tokens, for one more level of drafting time and the verify rows
+        of about one child per frontier node; that must beat the rate the tree reaches already."""
         if self.per_level.value is None:
             return True
         ranked = sorted(path_p[1:], reverse=True)[: self.config.max_nodes]
-        now = (1 + sum(ranked)) / (self.draft_s(levels) + self.verify_s(len(ranked) + 1))
-        return sum(path_p[i] for i in frontier) > self.per_level.value * now
+        n = len(ranked) + 1
+        now = (1 + sum(ranked)) / (self.draft_s(levels) + self.verify_s(n))
+        cost = self.per_level.value + max(0.0, self.verify_s(n + len(frontier)) - self.verify_s(n))
+        return sum(path_p[i] for i in frontier) > cost * now
 
     def ratio(self, n: int) -> float:
         return verify_ratio(n, self.saved)
@@ -219,18 +232,33 @@ class AutoPolicy(TreePolicy):
         ranked = sorted(range(1, len(tree)), key=lambda i: (-path_p[i], tree.depths[i], i))
         limit = min(cfg.max_nodes, ctx.budget.max_nodes, len(ranked))
         draft = self.draft_s(levels)
-        # the best size, but at least one node: the draft is paid for already, and only verified
-        # nodes teach the calibration (a policy that stops verifying stops learning); when
-        # drafting does not pay at all, the floor in observe() switches it off
-        best_n, best_rate, expected = 0, 0.0, 1.0
+        # the best size; zero (a shadow step) when no tree pays for its extra verify rows: the
+        # draft is paid for already, and the target's next token still grades the depth-1 guesses.
+        # When drafting does not pay at all, the floor in observe() switches it off
+        best_n, best_rate, expected = 0, 1.0 / (draft + self.verify_s(1)), 1.0
         for n in range(1, limit + 1):
             expected += path_p[ranked[n - 1]]
             rate = expected / (draft + self.verify_s(n + 1))
             if rate > best_rate:
                 best_n, best_rate = n, rate
+        kept = set(ranked[:best_n])
+        self.unverified = [(tree.tokens[i], math.exp(tree.scores[i])) for i in range(1, len(tree))
+                           if tree.parents[i] == 0 and i not in kept]
         return tree.keep(ranked[:best_n])
 
-    def observe(self, tree: Tree, path: list[int], draft_s: float, verify_s: float) -> None:
+    def learn(self, depth: int, p: float, hit: bool) -> None:
+        """One graded guess: a node of draft probability ``p`` (given its parent) at ``depth``."""
+        cell = self.table[(min(depth, DEPTHS), min(int(p * BUCKETS), BUCKETS - 1))]
+        self.gen[0] += hit
+        self.gen[1] += cell[0] / cell[1]
+        cell[0] += hit
+        cell[1] += 1
+        if cell[1] > MEMORY:
+            cell[0] *= MEMORY / cell[1]
+            cell[1] = MEMORY
+
+    def observe(self, tree: Tree, path: list[int], draft_s: float, verify_s: float,
+                bonus: int | None = None) -> None:
         n = len(tree)
         # one stalled step (a page fault, another process) must not rewrite the model of this
         # machine: a time is counted at most OUTLIER times what is expected of it
@@ -255,7 +283,7 @@ class AutoPolicy(TreePolicy):
         self.window = [DECAY * self.window[0] + len(path), DECAY * self.window[1] + draft_s + verify_s]
         self.evidence += 1
         probe = self.paused  # drafting was switched off earlier in this generation
-        if self.evidence >= (2 if probe else 3):
+        if self.evidence >= (2 if probe else self.config.patience):
             if self.gain() < self.config.floor:
                 # a failed probe waits twice as long before the next one (up to 8x)
                 self.pause = min(2 * self.pause, 8 * self.config.probe_every) if probe else self.pause
@@ -263,7 +291,13 @@ class AutoPolicy(TreePolicy):
                 self.counts["switched_off"] += 1
             elif probe and self.evidence == 2:
                 self.pause = self.config.probe_every  # drafting pays again
+        after = tree.tokens[path[1]] if len(path) > 1 else bonus  # the target's token after the root
+        unverified, self.unverified = self.unverified, []
+        if after is not None:
+            for token, p in unverified:
+                self.learn(1, p, token == after)
         if n == 1:
+            self.counts["shadow_steps"] += 1
             return
         self.counts["drafted_steps"] += 1
         self.counts["nodes"] += n - 1
@@ -272,15 +306,7 @@ class AutoPolicy(TreePolicy):
             parent = tree.parents[i]
             if parent not in accepted:
                 continue  # never tried: its parent was rejected
-            p = math.exp(tree.scores[i] - tree.scores[parent])
-            cell = self.table[(min(tree.depths[i], DEPTHS), min(int(p * BUCKETS), BUCKETS - 1))]
-            self.gen[0] += i in accepted
-            self.gen[1] += cell[0] / cell[1]
-            cell[0] += i in accepted
-            cell[1] += 1
-            if cell[1] > MEMORY:
-                cell[0] *= MEMORY / cell[1]
-                cell[1] = MEMORY
+            self.learn(tree.depths[i], math.exp(tree.scores[i] - tree.scores[parent]), i in accepted)
 
     def summary(self) -> dict:
         """What the policy chose so far (for ``--verbose`` and bench results)."""
@@ -288,6 +314,7 @@ class AutoPolicy(TreePolicy):
         drafted = max(c["drafted_steps"], 1)
         return {"policy": "auto", "steps": c["steps"],
                 "drafting_share": round(c["drafted_steps"] / max(c["steps"], 1), 3),
+                "shadow_share": round(c["shadow_steps"] / max(c["steps"], 1), 3),
                 "mean_nodes": round(c["nodes"] / drafted, 2), "switched_off": c["switched_off"],
                 "recent_gain": None if self.gain() is None else round(self.gain(), 3),
                 "verify_ms": {n: round(1e3 * e.value, 1) for n, e in sorted(self.verify.items())},
