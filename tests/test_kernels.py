@@ -23,6 +23,23 @@ def test_onednn_linear_matches_torch_and_shares_the_weight():
     torch.testing.assert_close(OneDNNLinear(nobias)(torch.randn(3, 48)).shape, torch.Size([3, 16]))
 
 
+def test_prepacked_path_equals_the_converting_path_and_ignores_the_row_count(monkeypatch):
+    from koala_core import kernels
+
+    torch.manual_seed(0)
+    weight, bias = torch.randn(96, 64), torch.randn(96)
+    x = torch.randn(7, 64)
+    if not kernels._pointwise_available():
+        pytest.skip("this torch has no mkldnn._linear_pointwise")
+    fast = kernels.packed_linear(x, kernels.pack(weight, bias))
+    for n in (1, 2, 3):  # a row's result does not depend on how many rows share the call
+        assert torch.equal(kernels.packed_linear(x[:n], kernels.pack(weight, bias)), fast[:n])
+    monkeypatch.setattr(kernels, "_pointwise_available", lambda: False)  # an older torch
+    packed = kernels.pack(weight, bias)
+    assert packed[0] == "mkldnn"
+    torch.testing.assert_close(kernels.packed_linear(x, packed), fast, atol=1e-5, rtol=1e-5)
+
+
 def test_swapped_model_decodes_like_the_original(tmp_path):
     model = tiny_model()
     ids = torch.randint(0, 96, (1, 12))
