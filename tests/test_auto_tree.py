@@ -145,3 +145,32 @@ def test_generate_verbose_reports_the_policys_choices(tmp_path):
     tree = doc["tree"]
     assert tree["policy"] == "auto" and tree["steps"] >= 1 and "drafting_share" in tree
     assert doc["engine"] == {"target_cache": "DynamicCache", "draft_dtype": None}  # CPU, lookup
+
+
+def test_verify_cost_keeps_the_shape_of_this_machines_curve(registry):
+    from koala_core.tree import Tree
+
+    def steps(policy, times):  # plain and tree steps measured at these seconds per size
+        for n, t in times.items():
+            tree = Tree(0)
+            for i in range(1, n):
+                tree.add(i - 1, i)
+            policy.observe(tree, [0], 0.0, t)
+
+    saved = {1: 1.0, 2: 1.5, 4: 1.1, 8: 1.6}  # oneDNN-like: 2 rows cost more than 4
+    times = {1: 0.040, 2: 0.060, 4: 0.044, 8: 0.064}
+    curve = registry.create("tree_policies", "auto")
+    curve.saved = saved
+    steps(curve, times)
+    assert curve.verify_s(2) > curve.verify_s(4)  # the curve's bump survives
+    assert abs(curve.verify_s(8) - 0.064) < 1e-3
+    fit = registry.create("tree_policies", "auto", {"verify_model": "fit"})
+    fit.saved = saved
+    steps(fit, times)
+    assert fit.verify_s(2) <= fit.verify_s(4)  # a line cannot bend
+    without = registry.create("tree_policies", "auto")
+    without.saved = {}  # no `koala cost` curve on this machine: the line fit
+    steps(without, times)
+    assert without.verify_s(4) == pytest.approx(fit.verify_s(4))
+    with pytest.raises(Exception, match="verify_model"):
+        registry.create("tree_policies", "auto", {"verify_model": "guess"})

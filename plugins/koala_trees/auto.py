@@ -12,8 +12,8 @@ against plain decoding's 1 / verify(1). Everything on the right is measured, not
 - acceptance: the head's own draft probability of a node given its parent, calibrated by what the
   verifier accepted so far (hits / trials per draft-depth and probability bucket, starting from
   "the draft probability is right"); a node's path probability is the product down its path;
-- verify(n): the seconds of verifying an n-node tree, per size (a prior ratio curve, scaled by the
-  measured single-token step, until that size has been measured);
+- verify(n): the seconds of verifying an n-node tree: this machine's `koala cost` curve scaled to
+  the measured tree steps (a line fitted to them where no curve is saved);
 - draft: the seconds of the head's last drafting steps.
 
 The best size may be zero: a *shadow step*. Once drafted, a tree whose best nodes cannot pay for
@@ -98,6 +98,10 @@ class AutoPolicy(TreePolicy):
         patience: int = field(default=8, metadata={
             "help": "drafting steps of a generation before the floor may switch drafting off "
                     "(a probe after a pause takes 2)"})
+        verify_model: str = field(default="curve", metadata={
+            "help": "curve: this machine's saved `koala cost` curve, scaled to the measured tree "
+                    "steps (keeps its bumps; a line fit where no curve is saved); fit: a line "
+                    "a + b n through the measured tree steps"})
         min_path: float = field(default=0.02, metadata={
             "help": "stop expanding when no frontier path is this likely to be accepted"})
 
@@ -105,6 +109,9 @@ class AutoPolicy(TreePolicy):
             if min(self.max_nodes, self.max_depth, self.top_k, self.probe_every, self.patience) < 1:
                 raise ConfigError("auto: max_nodes, max_depth, top_k, probe_every and patience "
                                   "must be >= 1")
+            if self.verify_model not in ("curve", "fit"):
+                raise ConfigError(f"auto: verify_model must be 'curve' or 'fit', got "
+                                  f"{self.verify_model!r}")
             if not 0 <= self.min_path < 1 or not 0 < self.floor <= 2:
                 raise ConfigError("auto: min_path must be in [0, 1), floor in (0, 2]")
 
@@ -115,6 +122,7 @@ class AutoPolicy(TreePolicy):
                       for d in range(1, DEPTHS + 1) for b in range(BUCKETS)}
         self.verify = {}  # tree size (root included) -> Ema of seconds (reported; n = 1 used)
         self.fit = [0.0] * 5  # decayed sums w, w n, w n^2, w t, w n t over tree steps (n >= 2)
+        self.curve_fit = [0.0, 0.0]  # decayed sums w r t, w r^2 (r: the prior ratio of the size)
         self.saved: dict[int, float] | None = None  # `koala cost`'s curve for the head's target
         self.draft = Ema()
         self.per_level = Ema()  # drafting seconds per expanded level
@@ -139,11 +147,15 @@ class AutoPolicy(TreePolicy):
 
     def verify_s(self, n: int) -> float:
         """Expected seconds to verify an n-token tree (root included): the measured plain step for
-        n = 1; for trees, a straight line a + b n fitted to the measured tree steps (decayed least
-        squares: robust to the noise of single sizes), the prior curve until two sizes are known."""
+        n = 1; for trees, this machine's saved curve scaled by one factor fitted to the measured
+        tree steps (``verify_model="curve"``: oneDNN's cost is not a line in n, e.g. 2 tokens may
+        cost more than 4), else a straight line a + b n fitted to them (decayed least squares:
+        robust to the noise of single sizes), the prior curve until two sizes are known."""
         plain = self.verify.get(1)
         if n == 1 and plain is not None:
             return plain.value
+        if self.config.verify_model == "curve" and self.saved and self.curve_fit[1] > 0:
+            return self.curve_fit[0] / self.curve_fit[1] * self.ratio(n)
         w, wn, wnn, wt, wnt = self.fit
         if w > 0 and wnn * w - wn * wn > 1e-9 * w * w:
             b = (wnt * w - wn * wt) / (wnn * w - wn * wn)
@@ -270,6 +282,9 @@ class AutoPolicy(TreePolicy):
             self.fit = [FIT_DECAY * v for v in self.fit]
             for i, x in enumerate((1.0, n, n * n, verify_s, n * verify_s)):
                 self.fit[i] += x
+            r = self.ratio(n)
+            self.curve_fit = [FIT_DECAY * self.curve_fit[0] + r * verify_s,
+                              FIT_DECAY * self.curve_fit[1] + r * r]
         self.counts["steps"] += 1
         built, self.built = self.built, False
         if not built:  # a plain step: nothing drafted
