@@ -8,6 +8,7 @@ With no head the tree is the root alone and the loop is plain decoding of the sa
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -196,6 +197,8 @@ class SpeculativeEngine:
         unseen_aux = aux
         step = 0
         policy = self.tree_policy
+        # a policy written before ``bonus`` joined ``observe`` keeps working
+        observes_bonus = policy is not None and "bonus" in inspect.signature(policy.observe).parameters
         while emitted < max_new and root not in eos:
             room = max_new - emitted  # tokens still allowed; a step emits accepted + 1
             budget = TreeBudget(max_nodes=config.max_tree_nodes, max_depth=max(0, room - 1))
@@ -232,7 +235,8 @@ class SpeculativeEngine:
             new = [tree.tokens[i] for i in verdict.path[1:]] + [verdict.bonus]
             t2 = time.perf_counter()
             if policy is not None:
-                policy.observe(tree, verdict.path, t1 - t0, t2 - t1, bonus=verdict.bonus)
+                extra = {"bonus": verdict.bonus} if observes_bonus else {}
+                policy.observe(tree, verdict.path, t1 - t0, t2 - t1, **extra)
             out = []
             for tok in new[:room]:
                 out.append(tok)

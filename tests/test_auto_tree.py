@@ -174,3 +174,21 @@ def test_verify_cost_keeps_the_shape_of_this_machines_curve(registry):
     assert without.verify_s(4) == pytest.approx(fit.verify_s(4))
     with pytest.raises(Exception, match="verify_model"):
         registry.create("tree_policies", "auto", {"verify_model": "guess"})
+
+
+def test_a_policy_written_before_bonus_joined_observe_still_runs(registry):
+    from koala_core.interfaces import TreePolicy
+
+    class OldPolicy(TreePolicy):
+        seen = 0
+
+        def build(self, head, ctx):
+            return registry.create("tree_policies", "chain", {"depth": 2}).build(head, ctx)
+
+        def observe(self, tree, path, draft_s, verify_s):  # the four-argument signature
+            OldPolicy.seen += 1
+
+    target = tiny_target(scale=4.0)
+    engine = SpeculativeEngine(target, registry.create("heads", "lookup"), OldPolicy())
+    result = engine.generate(PROMPT, GenerationConfig(max_new_tokens=12, stop_at_eos=False))
+    assert result.token_ids == hf_greedy(target, PROMPT, 12) and OldPolicy.seen == len(result.steps) - 1

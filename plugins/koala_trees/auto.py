@@ -22,7 +22,8 @@ teaches: the target's next token says whether each depth-1 guess would have been
 so at T=0; at T>0 a match undercounts what rejection sampling would accept). Every depth-1 guess
 that was not verified, in shadow steps and pruned ones in tree steps, is learnt this way.
 
-The floor: when drafting steps have recently produced fewer tokens per second than plain decoding
+The floor: once a generation has drafted for ``patience`` steps, when drafting steps have
+recently produced fewer tokens per second than plain decoding
 would (a moving average of their measured rate over ``1 / verify(1)``; say, a translation prompt
 on which every draft is rejected), the policy stops drafting altogether (``should_draft`` is
 False: no draft, no extra verify rows) and probes again every ``probe_every`` steps. Its choices are counted in
