@@ -472,13 +472,25 @@ def bench(prompt_spec, methods, limit, offset, max_new_tokens, temperature, repe
 
     target = load_target(model, device=device, dtype=dtype, kernels=kernels)
     method_objs = [build_method(n, target, draft_dtype=draft_dtype) for n in names]
+    from .costs import saved_ratios
+
+    curve = saved_ratios(target)
+    policies = {m.name: m.engine.tree_policy for m in method_objs if m.engine is not None}
+    uses_curve = [name for name, policy in policies.items()
+                  if getattr(getattr(policy, "config", None), "verify_model", "") == "curve"]
+    if uses_curve and curve is None:
+        click.echo(f"note: no verify cost curve is saved for this model and setup, so the 'auto' "
+                   f"trees of {', '.join(uses_curve)} fit a line to verify cost instead; run "
+                   f"`koala cost` once on this machine", err=True)
     results = run_bench(method_objs, target, prompts, config, repeats=repeats)
     results["meta"] = {"prompts": prompt_spec, "n_prompts": len(prompts), "offset": offset,
                        "max_new_tokens": max_new_tokens, "temperature": temperature,
                        "repeats": repeats, "model": model, "dtype": dtype, "device": device,
                        "kernels": target.kernels, "draft_dtype": draft_dtype,
                        "draft_dtype_used": str(resolve_draft_dtype(target, draft_dtype)).replace(
-                           "torch.", ""), "cache": target.cache_kind}
+                           "torch.", ""), "cache": target.cache_kind,
+                       "verify_curve": None if curve is None else {str(n): round(r, 3)
+                                                                   for n, r in sorted(curve.items())}}
     write_report(results, out)
     click.echo(open(f"{out}/results.md").read())
 

@@ -192,3 +192,34 @@ def test_a_policy_written_before_bonus_joined_observe_still_runs(registry):
     engine = SpeculativeEngine(target, registry.create("heads", "lookup"), OldPolicy())
     result = engine.generate(PROMPT, GenerationConfig(max_new_tokens=12, stop_at_eos=False))
     assert result.token_ids == hf_greedy(target, PROMPT, 12) and OldPolicy.seen == len(result.steps) - 1
+
+
+def test_bench_says_when_auto_has_no_cost_curve_and_records_it(tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from conftest import tiny_model, tiny_tokenizer
+    from koala_core.cli import main
+
+    monkeypatch.setenv("KOALA_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "tiny"
+    tiny_model().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    recipe = tmp_path / "auto.toml"
+    run = CliRunner().invoke
+    assert run(main, ["compose", "--model", str(folder), "--head", "lookup", "--tree", "auto",
+                      "-o", str(recipe)]).exit_code == 0
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "a b c a b c"}) + "\n")
+    bench = ["bench", "--model", str(folder), "--prompts", str(prompts), "--methods",
+             f"vanilla,{recipe}", "--max-new-tokens", "8", "--out", str(tmp_path / "b")]
+    result = run(main, bench)
+    assert result.exit_code == 0, result.output
+    assert "koala cost" in result.output  # the note (stderr is mixed in here)
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["meta"]["verify_curve"] is None
+    assert run(main, ["cost", "--model", str(folder), "--sizes", "1,2,4", "--repeats", "1"]).exit_code == 0
+    result = run(main, bench)
+    assert result.exit_code == 0 and "koala cost" not in result.output
+    curve = json.loads((tmp_path / "b" / "results.json").read_text())["meta"]["verify_curve"]
+    assert set(curve) == {"1", "2", "4"} and curve["1"] == 1.0
