@@ -72,8 +72,13 @@ def cost_key(target) -> str:
     dtype, kernels, device and threads (each changes the curve)."""
     ident = target.identity()
     dtype = str(target.dtype).replace("torch.", "")
+    kernels = getattr(target, "kernels", "torch")
+    if kernels == "onednn":  # the two oneDNN paths cost differently (koala_core/kernels.py)
+        from .kernels import onednn_path
+
+        kernels = f"onednn-{onednn_path()}"
     return (f"{ident.architecture}-{ident.lm_head_fingerprint[:12]}-{dtype}-"
-            f"{getattr(target, 'kernels', 'torch')}-{target.device.type}-t{torch.get_num_threads()}")
+            f"{kernels}-{target.device.type}-t{torch.get_num_threads()}")
 
 
 def cost_path(target):

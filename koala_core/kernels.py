@@ -145,6 +145,13 @@ def _pointwise_available() -> bool:
     return hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight")
 
 
+def onednn_path() -> str:
+    """Which oneDNN call :func:`packed_linear` makes on this torch: ``pointwise`` (dense in and out)
+    or ``mkldnn`` (converting every activation). The two differ in cost, not in results, so a
+    saved cost curve names the path it was measured with."""
+    return "pointwise" if _pointwise_available() else "mkldnn"
+
+
 def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple:
     """A (weight, bias) pair in oneDNN's own layout for :func:`packed_linear`. mkldnn tensors
     cannot be buffers of a state dict: callers keep it in a :class:`PackedWeight`.

@@ -126,6 +126,28 @@ def test_koala_cost_keeps_this_machines_curve_for_auto(tmp_path, monkeypatch):
     assert verify_ratio(2, saved) == 1.2 and verify_ratio(1, saved) == 1.0
 
 
+def test_cost_key_names_the_onednn_path_it_was_measured_with(tmp_path, monkeypatch):
+    """A curve measured through the converting oneDNN path must not steer ``auto`` on a torch that
+    has the faster dense one (they cost differently), nor the other way round."""
+    from conftest import tiny_model, tiny_tokenizer
+    from koala_core import kernels
+    from koala_core.costs import cost_key
+    from koala_core.model import load_target
+
+    folder = tmp_path / "tiny"
+    tiny_model().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    target = load_target(folder)
+    if target.kernels != "onednn":
+        pytest.skip("no oneDNN here")
+    monkeypatch.setattr(kernels, "_pointwise_available", lambda: True)
+    dense = cost_key(target)
+    monkeypatch.setattr(kernels, "_pointwise_available", lambda: False)
+    converting = cost_key(target)
+    assert dense != converting and "onednn-pointwise" in dense and "onednn-mkldnn" in converting
+    assert "torch" in cost_key(load_target(folder, kernels="torch"))
+
+
 def test_generate_verbose_reports_the_policys_choices(tmp_path):
     import json
 
