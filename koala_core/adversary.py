@@ -51,6 +51,26 @@ class Adversary:
         c = self.config
         return c.adv_weight * (1.0 if c.adv_warmup == 0 else min(1.0, step / c.adv_warmup))
 
+    def noise_at(self, step: int) -> float:
+        """The instance-noise level at a head step (decaying linearly over ``noise_steps``)."""
+        c = self.config
+        if not c.instance_noise or not c.noise_steps:
+            return c.instance_noise
+        return c.instance_noise * max(0.0, 1.0 - step / c.noise_steps)
+
+    def _noisy(self, x: torch.Tensor, spread: torch.Tensor, sigma: float) -> torch.Tensor:
+        """``x`` plus Gaussian noise of ``sigma`` x ``spread`` per feature (instance noise: the
+        real and fake distributions overlap, so the discriminator cannot separate them outright
+        and its gradient for the head stays informative; Sonderby et al. 2017)."""
+        if not sigma:
+            return x
+        noise = torch.randn(x.shape, generator=self.gen).to(device=x.device, dtype=x.dtype)
+        return x + sigma * spread * noise
+
+    @staticmethod
+    def _spread(real: torch.Tensor) -> torch.Tensor:
+        return real.detach().float().std(0, keepdim=True).clamp_min(1e-6).to(real.dtype)
+
     def _pick(self, out: DepthOutput) -> torch.Tensor:
         idx = torch.nonzero(out.weight > 0).flatten()
         if idx.numel() > self.config.d_positions:
@@ -81,10 +101,15 @@ class Adversary:
         ctx, real, fake = self._gather(outs)
         ctx, real, fake = ctx.detach(), real.detach(), fake.detach()
         weight = torch.ones(real.shape[0], device=real.device)
+        sigma, spread = self.noise_at(step), self._spread(real)
         for _ in range(self.config.d_steps if not self.paused else 0):
-            r, f = self.disc(ctx, real), self.disc(ctx, fake)
+            if sigma:  # fresh noise for every update
+                real_in, fake_in = self._noisy(real, spread, sigma), self._noisy(fake, spread, sigma)
+            else:
+                real_in, fake_in = real, fake
+            r, f = self.disc(ctx, real_in), self.disc(ctx, fake_in)
             loss = self.game.discriminator_loss(r, f, weight)
-            loss = loss + self.game.penalty(self.disc, ctx, real, fake, weight, self.gen)
+            loss = loss + self.game.penalty(self.disc, ctx, real_in, fake_in, weight, self.gen)
             if not torch.isfinite(loss):
                 raise CollapseError(f"discriminator loss is {loss.item()} at step {step}; lower --d-lr "
                                     "or use spectral_norm=true / the wgan-gp game")
@@ -105,9 +130,11 @@ class Adversary:
         if lam == 0:
             self.last["g_adv"] = 0.0
             return total
+        sigma = self.noise_at(step)
         for k, out in enumerate(outs):
             sub = self._subset(out)
-            _, fake = self.disc.samples(sub)
+            real, fake = self.disc.samples(sub)
+            fake = self._noisy(fake, self._spread(real), sigma)
             score = self.disc(sub.context.float().detach(), fake)
             total = total + depth_decay ** k * self.game.generator_loss(
                 score, torch.ones_like(score))

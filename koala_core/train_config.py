@@ -27,12 +27,19 @@ class AdversaryConfig:
     collapse_acc: float = field(default=0.99, metadata={"help": "accuracy counted as a won game"})
     collapse_patience: int = field(default=100, metadata={"help": "steps at collapse_acc before backing off"})
     max_backoffs: int = field(default=3, metadata={"help": "back-offs before training stops"})
+    instance_noise: float = field(default=0.0, metadata={
+        "help": "Gaussian noise added to every sample the discriminator sees, real and fake, in "
+                "units of the real samples' spread per feature (0 = none)"})
+    noise_steps: int = field(default=0, metadata={
+        "help": "head steps over which instance_noise decays linearly to 0 (0 = constant)"})
 
     def __post_init__(self):
         if self.adv_weight < 0 or self.adv_warmup < 0:
             raise ConfigError("adversarial: adv_weight and adv_warmup must be >= 0")
         if self.d_lr <= 0 or self.d_steps < 1 or self.d_positions < 1:
             raise ConfigError("adversarial: need d_lr > 0, d_steps >= 1, d_positions >= 1")
+        if self.instance_noise < 0 or self.noise_steps < 0:
+            raise ConfigError("adversarial: instance_noise and noise_steps must be >= 0")
         if not 0.5 < self.collapse_acc <= 1 or self.collapse_patience < 1 or self.max_backoffs < 0:
             raise ConfigError("adversarial: need 0.5 < collapse_acc <= 1, collapse_patience >= 1, "
                               "max_backoffs >= 0")

@@ -71,6 +71,46 @@ def test_adversarial_term_moves_the_head_toward_the_target_distribution(registry
     assert koala < 0.7 * supervised, (koala, supervised)
 
 
+def separable_game(registry, **kw):
+    """A discriminator on samples it can tell apart (nearly) outright."""
+    torch.manual_seed(0)
+    n, d = 256, 4
+    ctx = torch.randn(n, d)
+    real, fake = torch.randn(n, d) * 0.3 + 0.3, torch.randn(n, d) * 0.3 - 0.3
+    adv = Adversary(AdversaryConfig(discriminator="feature-mlp", d_lr=3e-3, collapse_patience=10_000,
+                                    discriminator_options={"hidden": 32, "spectral_norm": False},
+                                    **kw), registry, context_dim=d, topk=0, device="cpu")
+    out = toy_output(n, fake, real, ctx)
+    for step in range(300):
+        stats = adv.discriminator_steps([out], step)
+    with torch.no_grad():
+        p_real = torch.sigmoid(adv.disc(ctx, real)).mean().item()
+    return adv, stats, p_real
+
+
+def test_label_smoothing_keeps_the_discriminator_from_certainty(registry):
+    _, plain, p_plain = separable_game(registry)
+    _, smooth, p_smooth = separable_game(registry, adv_loss_options={"real_label": 0.9})
+    assert plain["d_acc"] > 0.99 and smooth["d_acc"] > 0.99  # both still rank real above fake
+    assert p_plain > 0.97 and 0.8 < p_smooth < 0.95, (p_plain, p_smooth)
+    with pytest.raises(Exception, match="real_label"):
+        separable_game(registry, adv_loss_options={"real_label": 0.4})
+
+
+def test_instance_noise_keeps_the_game_open_and_decays(registry):
+    _, plain, _ = separable_game(registry)
+    adv, noisy, _ = separable_game(registry, instance_noise=3.0)
+    # on clean samples the sets are apart, but the discriminator trains on overlapping ones, so
+    # its loss cannot fall to zero (the head's gradient is not saturated)
+    assert plain["d_loss"] < 0.05 and noisy["d_loss"] > 0.3, (plain, noisy)
+    decaying = Adversary(AdversaryConfig(discriminator="feature-mlp", instance_noise=2.0,
+                                         noise_steps=100), registry, context_dim=4, topk=0, device="cpu")
+    assert [decaying.noise_at(s) for s in (0, 50, 100, 500)] == [2.0, 1.0, 0.0, 0.0]
+    assert adv.noise_at(10_000) == 3.0  # noise_steps=0: constant
+    with pytest.raises(Exception, match="instance_noise"):
+        AdversaryConfig(discriminator="feature-mlp", instance_noise=-1.0)
+
+
 class Cheater(Discriminator):
     """Forced collapse: it is handed the answer, so it is always right."""
 
@@ -136,17 +176,21 @@ def adv_config(steps, **kw):
                                                  d_positions=32, **kw))
 
 
-@pytest.mark.parametrize("disc,game", [("feature-mlp", "hinge"), ("logit-mlp", "wgan-gp"),
-                                       ("feature-mlp", "bce")])
-def test_adversarial_training_is_finite_and_resumes_exactly(prepared, registry, tmp_path, disc, game):
+BALANCED = {"instance_noise": 1.0, "noise_steps": 4, "adv_loss_options": {"real_label": 0.9}}
+
+
+@pytest.mark.parametrize("disc,game,extra", [("feature-mlp", "hinge", {}), ("logit-mlp", "wgan-gp", {}),
+                                             ("feature-mlp", "bce", {}), ("logit-mlp", "bce", BALANCED)])
+def test_adversarial_training_is_finite_and_resumes_exactly(prepared, registry, tmp_path, disc, game,
+                                                           extra):
     target, data = prepared
-    metrics = train(target, data, tmp_path / "full", adv_config(6, disc=disc, game=game),
+    metrics = train(target, data, tmp_path / "full", adv_config(6, disc=disc, game=game, **extra),
                     registry=registry, progress=False)
     last = metrics["history"][-1]
     assert last["g_adv"] != 0.0 and "d_acc" in last  # the game was played to the end
-    train(target, data, tmp_path / "part", adv_config(3, disc=disc, game=game), registry=registry,
-          progress=False)
-    train(target, data, tmp_path / "part", adv_config(6, disc=disc, game=game), resume=True,
+    train(target, data, tmp_path / "part", adv_config(3, disc=disc, game=game, **extra),
+          registry=registry, progress=False)
+    train(target, data, tmp_path / "part", adv_config(6, disc=disc, game=game, **extra), resume=True,
           registry=registry, progress=False)
     a = load_head(tmp_path / "full", target, registry).state_dict()
     b = load_head(tmp_path / "part", target, registry).state_dict()

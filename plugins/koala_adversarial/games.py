@@ -17,10 +17,25 @@ from koala_core.tensors import weighted_mean
 
 
 class BCEGame(AdversarialLoss):
-    """Non-saturating GAN: D maximises log D(real) + log(1 - D(fake)); G maximises log D(fake)."""
+    """Non-saturating GAN: D maximises log D(real) + log(1 - D(fake)); G maximises log D(fake).
+
+    ``real_label`` < 1 is one-sided label smoothing (Salimans et al. 2016): the discriminator is
+    asked for that probability on real samples instead of 1, so it cannot grow arbitrarily sure of
+    itself and keeps a gradient for the head; fakes keep the label 0."""
+
+    @dataclass(frozen=True)
+    class Config:
+        real_label: float = field(default=1.0, metadata={
+            "help": "target probability for real samples (one-sided label smoothing below 1)"})
+
+        def __post_init__(self):
+            if not 0.5 < self.real_label <= 1:
+                raise ConfigError(f"bce: real_label must be in (0.5, 1], got {self.real_label}")
 
     def discriminator_loss(self, real, fake, weight):
-        return weighted_mean(F.softplus(-real) + F.softplus(fake), weight)
+        a = self.config.real_label
+        real_loss = F.softplus(-real) if a == 1 else a * F.softplus(-real) + (1 - a) * F.softplus(real)
+        return weighted_mean(real_loss + F.softplus(fake), weight)
 
     def generator_loss(self, fake, weight):
         return weighted_mean(F.softplus(-fake), weight)
