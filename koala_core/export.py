@@ -74,6 +74,9 @@ def _eagle3_parts(ck: Checkpoint, target) -> tuple[dict, list[int], int, dict[st
             f"{ck.folder} is an EAGLE-1/2 head (its FC reads [embedding; final feature] and feeds "
             f"both to the residual stream), which the EAGLE-3 formats cannot express; train an "
             f"EAGLE-3 head (--head-option aux_layers=eagle3 --head-option ttt_steps=3) to export")
+    if int(config.get("extra_intermediate", 0) or 0):
+        raise ExportError(f"{ck.folder} has narrower MLPs in its layers 2..K (extra_intermediate), "
+                          f"which the EAGLE-3 formats (one intermediate_size) cannot describe")
     head = ck.build_head(target, draft_dtype="float32")  # checks the target, rebuilds the rows
     vocab_ids = head.vocab_ids.cpu()
     if not bool((vocab_ids[1:] > vocab_ids[:-1]).all()):

@@ -58,7 +58,20 @@ def test_eagle_layer_matches_hf_decoder_layer(arch):
     torch.testing.assert_close(mine(x, pos), ref, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", FAMILIES + ["eagle3", "hydra-prefix"])
+def test_eagle_extra_layers_can_be_narrower(registry):
+    """K-layer EAGLE at less draft cost: layers 2..K with a narrower MLP (extra_intermediate)."""
+    target = tiny_target()
+    full = make_head(registry, "eagle", target, 2)
+    narrow = make_head(registry, "eagle", target, 2, extra_intermediate=16)
+    wide = full.layers[1].mlp.gate_proj.weight.shape[0]
+    assert narrow.layers[0].mlp.gate_proj.weight.shape[0] == wide  # layer 1 keeps the target's
+    assert narrow.layers[1].mlp.gate_proj.weight.shape[0] == 16 != wide
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in full.parameters())
+    with pytest.raises(Exception, match="extra_intermediate"):
+        make_head(registry, "eagle", target, 2, extra_intermediate=-1)
+
+
+@pytest.mark.parametrize("family", FAMILIES + ["eagle3", "hydra-prefix", "eagle-narrow"])
 @pytest.mark.parametrize("policy", ["chain", "static", "dynamic", "auto"])
 def test_heads_draft_losslessly(registry, family, policy):
     target = tiny_target()
@@ -67,6 +80,8 @@ def test_heads_draft_losslessly(registry, family, policy):
         assert head.aux_layers == (0, 1)
     elif family == "hydra-prefix":  # Hydra++: a prefix layer with its own growing KV cache
         head = make_head(registry, "hydra", target, 2, prefix=True)
+    elif family == "eagle-narrow":  # K = 2 with a narrower second layer
+        head = make_head(registry, "eagle", target, 2, extra_intermediate=16)
     else:
         head = make_head(registry, family, target, 2)
     with torch.no_grad():  # make the zero-initialised heads do something non-trivial

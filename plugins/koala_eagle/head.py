@@ -14,6 +14,7 @@ committed rows, their ancestors and themselves.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -47,21 +48,29 @@ class EagleHead(NeuralHead):
         ttt_steps: int = field(default=1, metadata={
             "help": "training-time test: steps unrolled on the head's own outputs in training "
                     "(trains depths 1..n; EAGLE-3 heads need >= 2 to draft past depth 1)"})
+        extra_intermediate: int = field(default=0, metadata={
+            "help": "MLP width of decoder layers 2..K (0 = the target's): a cheaper K-layer head, "
+                    "since a CPU draft step costs what its weights cost to read and the MLP holds "
+                    "three quarters of a layer's"})
 
         def __post_init__(self):
             if self.layers < 1 or self.ttt_steps < 1:
                 raise ConfigError("eagle: layers and ttt_steps must be >= 1")
+            if self.extra_intermediate < 0:
+                raise ConfigError("eagle: extra_intermediate must be >= 0 (0 = the target's width)")
 
     def __init__(self, config=None, target=None) -> None:
         super().__init__(config, target)
         shape = LayerShape.of(target.config)
         D = shape.hidden
         self.shape = shape
+        width = self.config.extra_intermediate
+        extra = dataclasses.replace(shape, intermediate=width) if width else shape  # layers 2..K
         self.fused = target.check_aux_layers(self.config.aux_layers)
         if self.fused:  # EAGLE-3
             self.fc = nn.Linear(len(self.fused) * D, D, bias=False)
             self.layers = nn.ModuleList([FusedInputLayer(shape)] + [
-                DecoderLayer(shape) for _ in range(self.config.layers - 1)])
+                DecoderLayer(extra) for _ in range(self.config.layers - 1)])
             self.norm = RMSNorm(D, shape.eps)
             final = getattr(target.decoder, "norm", None)
             if final is not None and getattr(final, "weight", None) is not None:
@@ -73,7 +82,8 @@ class EagleHead(NeuralHead):
                 self.fc.weight.zero_()
                 self.fc.weight[:, D:] = torch.eye(D)
                 self.fc.bias.zero_()
-            self.layers = nn.ModuleList(DecoderLayer(shape) for _ in range(self.config.layers))
+            self.layers = nn.ModuleList([DecoderLayer(shape)] + [
+                DecoderLayer(extra) for _ in range(self.config.layers - 1)])
         if self.config.init_from_target:
             self._copy_target_layers()
         self.cache: KVCache | None = None
