@@ -27,6 +27,8 @@ class TrainBatch:
     loss_mask: 1 where label[t] is a training target (assistant turns, real tokens);
     topk_ids / topk_logp: the target's top-k log-probs after each position (optional).
     aux: the inputs of the decoder layers listed by the head's ``aux_layers`` (EAGLE-3).
+    counted_only: depth outputs keep only the rows whose loss weight is > 0 (what training and
+    validation read: same losses, less LM-head work); off, they keep every (b, t) row in order.
     """
 
     input_ids: torch.Tensor
@@ -36,6 +38,7 @@ class TrainBatch:
     topk_ids: torch.Tensor | None = None
     topk_logp: torch.Tensor | None = None
     aux: torch.Tensor | None = None  # inputs of the head's aux layers, (B, L, n * D), if it has any
+    counted_only: bool = False
 
 
 class NeuralHead(DraftHead):
@@ -148,17 +151,24 @@ class NeuralHead(DraftHead):
         Its real counterpart is the target's own feature f_{t+k} (whose LM-head row scores give
         that label): ``target_features``, by default the cached hidden states shifted by k.
         """
-        def ahead(t):
-            return None if t is None else shifted(t, k).flatten(0, 1)
+        weight = shifted(batch.loss_mask, k).flatten().float()  # the padding shifted in is 0
+        # every loss is a weighted mean, so rows of weight 0 (prompts, padding: ~30 % of a
+        # ShareGPT batch) would only cost LM-head and loss arithmetic
+        rows = torch.nonzero(weight > 0).flatten() if batch.counted_only else slice(None)
 
+        def ahead(t):
+            return None if t is None else shifted(t, k).flatten(0, 1)[rows]
+
+        if target_features is None:
+            target_features = shifted(batch.hidden, k).flatten(0, 1)
+        features = feat.flatten(0, 1)[rows]
         return DepthOutput(
-            logits=self.project(feat).flatten(0, 1),
-            labels=shifted(batch.labels, k).flatten(),
-            weight=shifted(batch.loss_mask, k).flatten().float(),  # the padding shifted in is 0
-            context=batch.hidden.flatten(0, 1),
-            features=feat.flatten(0, 1),
-            target_features=(shifted(batch.hidden, k).flatten(0, 1) if target_features is None
-                             else target_features),
+            logits=self.project(features),
+            labels=shifted(batch.labels, k).flatten()[rows],
+            weight=weight[rows],
+            context=batch.hidden.flatten(0, 1)[rows],
+            features=features,
+            target_features=target_features[rows],
             topk_ids=ahead(batch.topk_ids), topk_logp=ahead(batch.topk_logp))
 
     def to_draft_space(self, out: DepthOutput) -> DepthOutput:

@@ -55,7 +55,8 @@ class WindowSampler:
                 col.append(torch.cat([t, pad]))
         s = {k: torch.stack(v).to(self.device) for k, v in cols.items()}
         return TrainBatch(s["input_ids"].long(), s["hidden"], s["labels"].long(),
-                          s["loss_mask"].float(), s.get("topk_ids"), s.get("topk_logp"), s.get("aux"))
+                          s["loss_mask"].float(), s.get("topk_ids"), s.get("topk_logp"), s.get("aux"),
+                          counted_only=True)
 
     def picks(self, batch_size: int, gen: torch.Generator) -> list[tuple[int, int]]:
         """Random (conversation, offset) windows of one global batch."""

@@ -58,6 +58,41 @@ def test_eagle_layer_matches_hf_decoder_layer(arch):
     torch.testing.assert_close(mine(x, pos), ref, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("family", FAMILIES + ["eagle-ttt"])
+def test_training_reads_only_counted_rows_with_the_same_loss(registry, family):
+    """Training batches keep only the rows whose loss weight is > 0 (cheaper LM head); the losses
+    and gradients are the ones the full rows give."""
+    import dataclasses
+
+    target = tiny_target()
+    opts = {"ttt_steps": 2} if family == "eagle-ttt" else {}
+    head = make_head(registry, family.split("-")[0], target, 2, **opts)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    loss = registry.create("losses", head.default_loss)
+    full = random_batch(target)
+    full.loss_mask = (torch.rand(full.loss_mask.shape, generator=torch.Generator().manual_seed(1))
+                      > 0.4).float()
+    counted = dataclasses.replace(full, counted_only=True)
+
+    def run(batch):
+        head.zero_grad()
+        outs = [head.to_draft_space(o) for o in head.train_outputs(batch)]
+        total = sum(loss(o) for o in outs)
+        total.backward()
+        return outs, total.item(), [p.grad.clone() for p in head.parameters() if p.grad is not None]
+
+    outs_full, loss_full, grads_full = run(full)
+    outs, loss_counted, grads = run(counted)
+    assert all(bool((o.weight > 0).all()) for o in outs)
+    for o, f in zip(outs, outs_full):
+        torch.testing.assert_close(o.logits, f.logits[f.weight > 0])
+    assert loss_counted == pytest.approx(loss_full, rel=1e-5)
+    for g, f in zip(grads, grads_full):
+        torch.testing.assert_close(g, f, atol=1e-6, rtol=1e-4)
+
+
 def test_eagle_extra_layers_can_be_narrower(registry):
     """K-layer EAGLE at less draft cost: layers 2..K with a narrower MLP (extra_intermediate)."""
     target = tiny_target()
