@@ -16,7 +16,7 @@ from pathlib import Path
 from .adversary import AdversaryConfig
 from .bench import format_speedup
 from .errors import ConfigError
-from .training import TrainConfig
+from .training import TrainConfig, data_summary
 
 @dataclass(frozen=True)
 class AblationConfig:
@@ -28,6 +28,9 @@ class AblationConfig:
         discriminator="logit-mlp", adv_loss="bce", adv_weight=1.0, adv_warmup=50))
     head_options: dict = field(default_factory=dict)  # given to every family that has the option
     tree: tuple[str, dict] | None = None  # inference tree of every head; None: each head's default
+    # configuration name (e.g. "eagle-k1-sup") -> a checkpoint trained exactly so already (checked:
+    # same head, options, schedule, seed and data), used instead of training it again
+    baselines: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.layers or min(self.layers) < 1:
@@ -62,7 +65,51 @@ class AblationConfig:
         return out
 
 
-def run_ablation(target, data: str | Path, out: str | Path, config: AblationConfig, prompts: list[dict],
+def budget_of(recipe_path: str | Path) -> TrainConfig:
+    """The training schedule of a recipe (steps, batch, window, lr, warm-up, precision, seed,
+    evaluation cadence) without its head, loss or game: an ablation at that head's budget."""
+    from .recipe import load_recipe
+
+    return replace(load_recipe(recipe_path).train_config(), head="", head_options={}, loss="",
+                   loss_options={}, adversary=AdversaryConfig(), init="")
+
+
+# training settings that change what a run computes (eval/save cadence and micro-batching do not)
+SAME = ("head", "loss", "steps", "batch_size", "window", "lr", "weight_decay", "warmup", "grad_clip",
+        "depth_decay", "seed", "precision", "init")
+
+
+def baseline_differences(folder: Path, cfg: TrainConfig, data_hash: str) -> list[str]:
+    """What differs between how the checkpoint in ``folder`` was trained and ``cfg`` on the data
+    whose hash is ``data_hash`` (empty: it is that configuration, trained already)."""
+    try:
+        meta = json.loads((Path(folder) / "koala.json").read_text())
+    except (OSError, ValueError) as exc:
+        return [f"no readable checkpoint at {folder} ({exc})"]
+    trained = (meta.get("recipe") or {}).get("train")
+    if not trained:
+        return [f"{folder} records no training settings"]
+    want = asdict(cfg)
+    diffs = [f"{k}: {trained.get(k)!r} there, {want[k]!r} here" for k in SAME
+             if k != "loss" and trained.get(k) != want[k]]
+    loss = meta["recipe"].get("loss")
+    if cfg.loss and loss != cfg.loss:
+        diffs.append(f"loss: {loss!r} there, {cfg.loss!r} here")
+    for key, value in cfg.head_options.items():
+        if meta.get("head_config", {}).get(key) != value:
+            diffs.append(f"head option {key}: {meta.get('head_config', {}).get(key)!r} there, "
+                         f"{value!r} here")
+    there = (trained.get("adversary") or {}).get("discriminator", "")
+    if there != cfg.adversary.discriminator or (there and trained["adversary"] != want["adversary"]):
+        diffs.append("adversarial settings differ")
+    got = meta["recipe"].get("data", {}).get("hash")
+    if got != data_hash:
+        diffs.append(f"data: set hash {got} there, {data_hash} here (other prepared sets, or "
+                     f"grown since)")
+    return diffs
+
+
+def run_ablation(target, data, out: str | Path, config: AblationConfig, prompts: list[dict],
                  gen_config, registry=None, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
@@ -76,20 +123,37 @@ def run_ablation(target, data: str | Path, out: str | Path, config: AblationConf
     ck_dir = out / "checkpoints"
     ck_dir.mkdir(parents=True, exist_ok=True)
     runs = config.runs(reg)
+    unknown = sorted(set(config.baselines) - {name for name, _, _ in runs})
+    if unknown:
+        raise ConfigError(f"ablation: no configuration named {', '.join(unknown)}; the names are "
+                          + ", ".join(name for name, _, _ in runs))
+    folders = [Path(d) for d in ([data] if isinstance(data, (str, Path)) else data)]
+    data_hash = data_summary(folders)["hash"]
+    where = {name: ck_dir / name for name, _, _ in runs}
+    for name, cfg, _ in runs:  # every baseline is checked before anything trains
+        if name in config.baselines:
+            diffs = baseline_differences(Path(config.baselines[name]), cfg, data_hash)
+            if diffs:
+                raise ConfigError(f"ablation: {config.baselines[name]} is not {name} as this "
+                                  f"ablation trains it: " + "; ".join(diffs))
+            where[name] = Path(config.baselines[name])
     for name, cfg, tree in runs:
-        folder = ck_dir / name
+        folder = where[name]
+        if name in config.baselines:
+            tqdm.write(f"{name}: the baseline {folder}, trained with the same settings and data")
+            continue
         if (folder / "koala.json").is_file():
             tqdm.write(f"{name}: trained already, kept")
             continue
         resume = (ck_dir / f"{name}.train-state" / "state.json").is_file()
-        train(target, data, folder, cfg, resume=resume, registry=reg, progress=progress, tree=tree)
+        train(target, folders, folder, cfg, resume=resume, registry=reg, progress=progress, tree=tree)
     methods = [build_method("vanilla", target, reg)]
-    methods += [build_method(str(ck_dir / name), target, reg) for name, _, _ in runs]
+    methods += [build_method(str(where[name]), target, reg) for name, _, _ in runs]
     for m, (name, _, _) in zip(methods[1:], runs):
         m.name = name
     results = run_bench(methods, target, prompts, gen_config, progress=progress)
     write_report(results, out / "bench")
-    table = ablation_rows(results, runs, ck_dir)
+    table = ablation_rows(results, runs, where)
     doc = {"config": asdict(config), "rows": table, "bench": results.get("meta", {})}
     (out / "ablation.json").write_text(json.dumps(doc, indent=2))
     (out / "ablation.md").write_text(markdown(table, gen_config, len(prompts)))
@@ -97,18 +161,18 @@ def run_ablation(target, data: str | Path, out: str | Path, config: AblationConf
     return doc
 
 
-def ablation_rows(results: dict, runs, ck_dir: Path) -> list[dict]:
+def ablation_rows(results: dict, runs, where: dict[str, Path]) -> list[dict]:
     by_name = {m["method"]: m for m in results["methods"]}
     rows = []
     for name, cfg, _ in runs:
         m = by_name[name]
-        meta = json.loads((ck_dir / name / "koala.json").read_text())
+        meta = json.loads((where[name] / "koala.json").read_text())
         rows.append({"name": name, "family": cfg.head, "layers": cfg.head_options["layers"],
                      "adversarial": cfg.adversary.enabled, "tau": m["tau"],
                      "speedup": m["speedup"], "token_efficiency": m["token_efficiency"],
                      "draft_ms_per_step": m["draft_ms_per_step"],
                      "identical": m["identical_to_vanilla"],
-                     "val_top1": meta["metrics"]["val_top1"],
+                     "val_top1": meta["metrics"]["val_top1"], "checkpoint": str(where[name]),
                      "train_seconds": meta["metrics"]["train_seconds"]})
     return rows
 

@@ -50,13 +50,13 @@ def plugins(as_json: bool) -> None:
             click.echo(f"  {p.name:<12} {p.package} {p.version}{flag}  {p.summary}")
 
 
-def _refuse_with_recipe(ctx, names: tuple[str, ...]) -> None:
+def _refuse_with_recipe(ctx, names: tuple[str, ...], flag: str = "--recipe") -> None:
     from click.core import ParameterSource
 
     given = [n for n in names if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
     if given:
         flags = ", ".join("--" + n.replace("_", "-") for n in given)
-        raise ConfigError(f"{flags}: the recipe decides this; edit the recipe or drop --recipe")
+        raise ConfigError(f"{flags}: the recipe decides this; edit the recipe or drop {flag}")
 
 
 def _parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
@@ -547,7 +547,8 @@ def compose(ctx, head, tree, verifier, loss, discriminator, adv_loss, temperatur
 
 
 @main.command()
-@click.option("--data", required=True, help="Folder made by `koala prepare` (with --topk for logit-mlp).")
+@click.option("--data", required=True, multiple=True,
+              help="Folder made by `koala prepare` (with --topk for logit-mlp); repeat for several.")
 @click.option("--out", default="ablation", show_default=True)
 @click.option("--families", default="", help="Comma-separated trainable heads (default: every one "
               "installed).")
@@ -556,23 +557,44 @@ def compose(ctx, head, tree, verifier, loss, discriminator, adv_loss, temperatur
               help="Option given to every family that has it, e.g. heads=3 (repeatable).")
 @click.option("--tree", default=None, help="Inference tree of every head (default: each head's own).")
 @click.option("--tree-option", "tree_options", multiple=True, metavar="KEY=VALUE")
+@click.option("--budget", default=None, metavar="RECIPE", help="Take the training schedule (steps, "
+              "batch size, window, lr, warm-up, precision, seed, evaluation cadence) from this "
+              "recipe, e.g. recipes/eagle-k1.toml: the ablation at a shipped head's budget.")
 @click.option("--steps", default=150, show_default=True, help="Training steps of every configuration.")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--window", default=256, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--warmup", default=50, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]))
+@click.option("--baseline", "baselines", multiple=True, metavar="NAME=DIR",
+              help="Use this checkpoint as configuration NAME (e.g. eagle-k1-sup=checkpoints/eagle-k1) "
+              "instead of training it; refused unless it was trained with the same settings and data.")
 @click.option("--discriminator", default="logit-mlp", show_default=True)
+@click.option("--discriminator-option", "disc_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--adv-loss", default="bce", show_default=True)
+@click.option("--adv-loss-option", "adv_options", multiple=True, metavar="KEY=VALUE",
+              help="e.g. real_label=0.9 (one-sided label smoothing, bce).")
 @click.option("--adv-weight", default=1.0, show_default=True,
               help="lambda_adv (1.0: chosen on the ShareGPT validation split, see README).")
 @click.option("--adv-warmup", default=50, show_default=True)
+@click.option("--d-lr", default=2e-4, show_default=True, help="Discriminator learning rate.")
+@click.option("--d-steps", default=1, show_default=True, help="Discriminator updates per head update.")
+@click.option("--instance-noise", default=0.0, show_default=True,
+              help="Noise on the discriminator's samples, in units of the real samples' spread.")
+@click.option("--noise-steps", default=0, show_default=True,
+              help="Steps over which --instance-noise decays to 0 (0 = constant).")
 @click.option("--prompts", "prompt_spec", default="mtbench", show_default=True)
 @click.option("--offset", default=40, show_default=True, help="Skip this many prompts (held out: 40+).")
 @click.option("--limit", default=8, show_default=True)
 @click.option("--max-new-tokens", default=64, show_default=True)
 @click.option("--model", default="default", show_default=True)
 @kernels_option
-def ablate(data, out, families, layers, head_options, tree, tree_options, steps, batch_size, window,
-           discriminator, adv_loss, adv_weight, adv_warmup, prompt_spec, offset, limit,
-           max_new_tokens, model, kernels) -> None:
+@click.pass_context
+def ablate(ctx, data, out, families, layers, head_options, tree, tree_options, budget, steps,
+           batch_size, window, lr, warmup, seed, precision, baselines, discriminator, disc_options,
+           adv_loss, adv_options, adv_weight, adv_warmup, d_lr, d_steps, instance_noise, noise_steps,
+           prompt_spec, offset, limit, max_new_tokens, model, kernels) -> None:
     """KOALA ablation: each family x K x {supervised, +adversarial}; table + PNG (resumable)."""
     from .ablation import AblationConfig, run_ablation
     from .bench import select_prompts
@@ -585,18 +607,33 @@ def ablate(data, out, families, layers, head_options, tree, tree_options, steps,
         ks = tuple(int(k) for k in layers.split(","))
     except ValueError:
         raise ConfigError(f"--layers must be comma-separated integers, got {layers!r}") from None
+    if budget:
+        from .ablation import budget_of
+
+        _refuse_with_recipe(ctx, ("steps", "batch_size", "window", "lr", "warmup", "seed",
+                                  "precision"), "--budget")
+        schedule = budget_of(budget)
+    else:
+        schedule = TrainConfig(steps=steps, batch_size=batch_size, window=window, lr=lr,
+                               warmup=warmup, seed=seed, precision=precision, eval_every=steps,
+                               save_every=max(1, min(50, steps)))
     config = AblationConfig(
         families=tuple(f.strip() for f in families.split(",") if f.strip()), layers=ks,
-        train=TrainConfig(steps=steps, batch_size=batch_size, window=window, eval_every=steps,
-                          save_every=max(1, min(50, steps))),
-        adversary=AdversaryConfig(discriminator=discriminator, adv_loss=adv_loss,
-                                  adv_weight=adv_weight, adv_warmup=adv_warmup),
+        train=schedule,
+        adversary=AdversaryConfig(
+            discriminator=discriminator, adv_loss=adv_loss, adv_weight=adv_weight,
+            adv_warmup=adv_warmup, d_lr=d_lr, d_steps=d_steps, instance_noise=instance_noise,
+            noise_steps=noise_steps,
+            discriminator_options=_parse_options(disc_options, "--discriminator-option"),
+            adv_loss_options=_parse_options(adv_options, "--adv-loss-option")),
         head_options=_parse_options(head_options, "--head-option"),
-        tree=(tree, _parse_options(tree_options, "--tree-option")) if tree else None)
+        tree=(tree, _parse_options(tree_options, "--tree-option")) if tree else None,
+        baselines={k.replace("_", "-"): v for k, v in _parse_options(baselines, "--baseline").items()})
     config.runs(default_registry())  # unknown families fail before the model loads
     prompts = select_prompts(prompt_spec, offset, limit)
     target = load_target(model, kernels=kernels)
-    run_ablation(target, data, out, config, prompts, GenerationConfig(max_new_tokens=max_new_tokens))
+    run_ablation(target, list(data), out, config, prompts,
+                 GenerationConfig(max_new_tokens=max_new_tokens))
     click.echo(open(f"{out}/ablation.md").read())
 
 

@@ -239,3 +239,58 @@ def test_ablation_trains_every_configuration_and_reports(prepared, registry, tmp
     run_ablation(target, data, tmp_path / "abl", config, prompts, GenerationConfig(max_new_tokens=6),
                  registry=registry, progress=False)
     assert (tmp_path / "abl/checkpoints/eagle-k2-koala/model.safetensors").stat().st_mtime == mtime
+
+
+def test_ablation_reuses_a_baseline_only_if_it_is_that_configuration(prepared, registry, tmp_path):
+    """A shipped head trained at the ablation's budget stands in for its configuration (an hour
+    less of training at the shipped budget), but only when its settings and data match."""
+    from dataclasses import replace
+
+    from koala_core.ablation import AblationConfig, run_ablation
+    from koala_core.engine import GenerationConfig
+    from koala_core.errors import ConfigError
+
+    target, data = prepared
+    schedule = TrainConfig(steps=2, batch_size=2, window=16, eval_every=2, save_every=1)
+    config = AblationConfig(families=("medusa",), layers=(1,), train=schedule,
+                            adversary=AdversaryConfig(discriminator="logit-mlp", adv_warmup=1,
+                                                      d_positions=16),
+                            head_options={"draft_vocab": 64})
+    (name, cfg, tree), _ = config.runs(registry)
+    assert name == "medusa-k1-sup"
+    train(target, data, tmp_path / "shipped", cfg, registry=registry, progress=False)
+    prompts = [{"prompt": "hello there"}]
+    doc = run_ablation(target, data, tmp_path / "abl", replace(config, baselines={name: str(tmp_path / "shipped")}),
+                       prompts, GenerationConfig(max_new_tokens=4), registry=registry, progress=False)
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert rows[name]["checkpoint"] == str(tmp_path / "shipped")
+    assert not (tmp_path / "abl/checkpoints" / name).exists()  # not trained again
+    assert (tmp_path / "abl/checkpoints/medusa-k1-koala/koala.json").is_file()
+    # trained otherwise: refused, naming what differs, before anything trains
+    train(target, data, tmp_path / "other", replace(cfg, steps=3), registry=registry, progress=False)
+    with pytest.raises(ConfigError, match="steps: 3 there, 2 here"):
+        run_ablation(target, data, tmp_path / "abl2", replace(config, baselines={name: str(tmp_path / "other")}),
+                     prompts, GenerationConfig(max_new_tokens=4), registry=registry, progress=False)
+    assert not (tmp_path / "abl2/checkpoints/medusa-k1-koala").exists()
+    with pytest.raises(ConfigError, match="no configuration named medusa-k9-sup"):
+        run_ablation(target, data, tmp_path / "abl3", replace(config, baselines={"medusa-k9-sup": "x"}),
+                     prompts, GenerationConfig(max_new_tokens=4), registry=registry, progress=False)
+
+
+def test_ablate_budget_takes_the_schedule_from_a_recipe(tmp_path):
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from koala_core.ablation import budget_of
+    from koala_core.cli import main
+    from koala_core.recipe import load_recipe
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "eagle-k1.toml"
+    schedule, shipped = budget_of(recipe), load_recipe(recipe).train_config()
+    for key in ("steps", "batch_size", "window", "lr", "warmup", "seed", "precision"):
+        assert getattr(schedule, key) == getattr(shipped, key), key
+    assert schedule.head == "" and not schedule.adversary.enabled
+    result = CliRunner().invoke(main, ["ablate", "--data", str(tmp_path), "--budget", str(recipe),
+                                       "--steps", "5"])
+    assert result.exit_code != 0 and "drop --budget" in result.output
