@@ -211,10 +211,26 @@ def markdown_table(results: dict) -> str:
              f"{meta.get('device', '')}; "
              "speedup = per-prompt seconds/token of vanilla over the method's (median [min-max]).", ""]
     lines += _table(results["methods"])
+    lines += _category_pivot(results.get("by_category", {}))
     for category, rows in results.get("by_category", {}).items():
         lines += ["", f"## {category or '(no category)'} ({rows[0]['prompts']} prompts)", ""]
         lines += _table(rows)
     return "\n".join(lines) + "\n"
+
+
+def _category_pivot(by_category: dict[str, list[dict]]) -> list[str]:
+    """Median speedup (tau) per category and method, one row per category: where each method wins
+    and where it loses, at a glance."""
+    if len(by_category) < 2:
+        return []
+    methods = [m["method"] for m in next(iter(by_category.values()))]
+    lines = ["", "## Median speedup (tau) per category", "",
+             "| category | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for category, rows in by_category.items():
+        cells = {m["method"]: f"{m['speedup']['median']:.2f}x ({_fmt(m['tau'])})" for m in rows}
+        lines.append(f"| {category or '(none)'} ({rows[0]['prompts']}) | "
+                     + " | ".join(cells.get(name, "-") for name in methods) + " |")
+    return lines
 
 
 def _table(rows: list[dict]) -> list[str]:

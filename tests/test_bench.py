@@ -32,7 +32,12 @@ def test_bench_results_have_every_field(tmp_path, registry):
     assert by_name["hf-lookup"]["tau"] is None
     assert 0 <= by_name["lookup"]["overhead_share"] < 1 and by_name["hf-lookup"]["overhead_share"] is None
     assert set(saved["by_category"]) == {"x", "y"}
-    assert (tmp_path / "out" / "results.md").read_text().count("|") > 10
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert report.count("|") > 10
+    pivot = report[report.index("## Median speedup (tau) per category"):].splitlines()
+    assert pivot[2] == "| category | vanilla | lookup | hf-lookup |"
+    assert pivot[4].startswith("| x (2) | 1.00x (1.00) | ") and pivot[5].startswith("| y (1) | ")
+    assert pivot[4].endswith(" (-) |")  # hf-lookup: no tau
     assert (tmp_path / "out" / "speedup.png").is_file()
     assert (tmp_path / "out" / "acceptance.png").is_file()
 
