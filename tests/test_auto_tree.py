@@ -245,3 +245,22 @@ def test_bench_says_when_auto_has_no_cost_curve_and_records_it(tmp_path, monkeyp
     assert result.exit_code == 0 and "koala cost" not in result.output
     curve = json.loads((tmp_path / "b" / "results.json").read_text())["meta"]["verify_curve"]
     assert set(curve) == {"1", "2", "4"} and curve["1"] == 1.0
+
+
+def test_noisy_times_never_give_a_cost_at_or_below_zero(registry):
+    """A line fitted through noisy tree times can cross zero below the sizes it saw; a cost <= 0
+    would make every later time an 'outlier' and the recent gain undefined (this crashed once)."""
+    from koala_core.tree import Tree
+
+    policy = registry.create("tree_policies", "auto", {"verify_model": "fit", "patience": 1})
+    for n, t in ((2, 0.001), (10, 0.1), (2, 0.001), (10, 0.1)):
+        policy.observe(Tree(0), [0], 0.0, 0.0)  # a plain step of zero seconds (a coarse clock)
+        policy.fit = [policy.fit[0] + 1, policy.fit[1] + n, policy.fit[2] + n * n,
+                      policy.fit[3] + t, policy.fit[4] + n * t]
+    policy.verify.clear()  # no plain step measured: the fit alone
+    assert all(policy.verify_s(n) > 0 for n in range(1, 12))
+    tree = Tree(0)
+    tree.add(0, 5, -0.1)
+    policy.built, policy.levels = True, 1
+    policy.observe(tree, [0], 0.0, 0.0)  # zero seconds everywhere: no gain known, no crash
+    assert policy.gain() is None or policy.gain() >= 0

@@ -101,7 +101,7 @@ def test_checkpoints(models, tmp_path):
 def test_plugins_and_options(models):
     fails(["generate", "--head", "nope", "hi"], "unknown head 'nope'", "lookup")
     fails(["generate", "--head", "lookup", "--head-option", "width=2", "hi"], "valid options")
-    fails(["generate", "--tree", "chain", "--tree-option", "width=2", "hi"], "valid options: depth")
+    fails(["generate", "--tree", "chain", "--tree-option", "width=2", "hi"], "valid options: copy, depth")
     fails(["generate", "--tree", "bushy", "hi"], "unknown tree policy", "chain")
     fails(["generate", "--verifier", "greedy", "--temperature", "0.5", "hi"], "temperature 0")
 

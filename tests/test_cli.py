@@ -48,7 +48,7 @@ def test_bad_option_and_bad_model_are_clear(tmp_path):
     result = CliRunner().invoke(main, ["generate", "--tree", "chain", "--tree-option", "width=2",
                                        "hi"])
     assert result.exit_code == 2 and "tree policy 'chain'" in result.output
-    assert "valid options: depth" in result.output
+    assert "valid options: copy, depth" in result.output
     result = CliRunner().invoke(main, ["generate", "--model", str(tmp_path / "missing"), "hi"])
     assert result.exit_code == 2 and "does not exist" in result.output
     result = CliRunner().invoke(main, ["generate", "--verifier", "greedy", "--temperature", "0.7",

@@ -78,7 +78,7 @@ def test_every_hook_is_documented():
 def test_create_rejects_unknown_options(registry):
     from koala_core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="valid options: depth"):
+    with pytest.raises(ConfigError, match="valid options: copy, depth"):
         registry.create("tree_policies", "chain", {"width": 3})
     with pytest.raises(ConfigError, match="depth must be >= 1"):
         registry.create("tree_policies", "chain", {"depth": "0"})

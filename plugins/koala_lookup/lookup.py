@@ -7,13 +7,13 @@ gives the candidates: the tokens that followed its occurrences, ranked by count,
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 
 from koala_core.errors import ConfigError
 from koala_core.interfaces import Candidates, DraftContext, DraftHead
+from koala_core.ngrams import continuations
 from koala_core.tree import Tree
 
 
@@ -40,21 +40,8 @@ class LookupHead(DraftHead):
         logprobs = torch.full((len(nodes), k), float("-inf"))
         for row, node in enumerate(nodes):
             seq = torch.cat([self._context, torch.tensor(tree.path_tokens(node), dtype=torch.long)])
-            for j, (tok, p) in enumerate(self._propose(seq)[:k]):
+            found = continuations(seq, self.config.max_ngram, self.config.min_ngram)
+            for j, (tok, p) in enumerate(found[:k]):
                 tokens[row, j] = tok
                 logprobs[row, j] = torch.log(torch.tensor(p))
         return Candidates(tokens, logprobs)
-
-    def _propose(self, seq: torch.Tensor) -> list[tuple[int, float]]:
-        """(token, share of matches) for the continuations of the longest matching suffix."""
-        n_seq = seq.shape[0]
-        for n in range(min(self.config.max_ngram, n_seq - 1), self.config.min_ngram - 1, -1):
-            windows = seq[:-1].unfold(0, n, 1)  # (n_seq - n, n): every earlier n-gram with a follower
-            hits = (windows == seq[-n:]).all(-1).nonzero().flatten()
-            if hits.numel() == 0:
-                continue
-            followers = seq[hits + n].tolist()[::-1]  # most recent first
-            counts = Counter(followers)
-            order = sorted(counts, key=lambda t: (-counts[t], followers.index(t)))
-            return [(t, counts[t] / len(followers)) for t in order]
-        return []

@@ -36,9 +36,10 @@ import math
 from dataclasses import dataclass, field
 
 from koala_core.errors import ConfigError
-from koala_core.interfaces import DraftContext, DraftHead, TreePolicy
+from koala_core.interfaces import DraftContext, DraftHead
 from koala_core.tree import Tree
 
+from .copy import CopyingPolicy, CopyOption
 from .policies import add_children
 
 BUCKETS = 10  # draft-probability buckets of the calibration table
@@ -82,12 +83,12 @@ class Ema:
         self.value = x if self.value is None else self.value + self.weight * (x - self.value)
 
 
-class AutoPolicy(TreePolicy):
+class AutoPolicy(CopyingPolicy):
     """Trees sized from measured acceptance and costs to maximise tokens/s; plain decoding when
     drafting does not pay (probing again now and then)."""
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(CopyOption):
         max_nodes: int = field(default=24, metadata={"help": "largest tree considered (root excluded)"})
         max_depth: int = field(default=6, metadata={"help": "deepest level expanded"})
         top_k: int = field(default=4, metadata={"help": "children per node and frontier width"})
@@ -107,6 +108,7 @@ class AutoPolicy(TreePolicy):
             "help": "stop expanding when no frontier path is this likely to be accepted"})
 
         def __post_init__(self):
+            super().__post_init__()
             if min(self.max_nodes, self.max_depth, self.top_k, self.probe_every, self.patience) < 1:
                 raise ConfigError("auto: max_nodes, max_depth, top_k, probe_every and patience "
                                   "must be >= 1")
@@ -161,7 +163,7 @@ class AutoPolicy(TreePolicy):
         if w > 0 and wnn * w - wn * wn > 1e-9 * w * w:
             b = (wnt * w - wn * wt) / (wnn * w - wn * wn)
             a = (wt - b * wn) / w
-            if b >= 0:
+            if b >= 0 and a + b * n > 0:  # (a fit through noisy times can cross zero)
                 return a + b * n
         if plain is not None:
             return plain.value * self.ratio(n)
@@ -222,6 +224,7 @@ class AutoPolicy(TreePolicy):
 
             target = getattr(head, "target", None)
             self.saved = (saved_ratios(target) if target is not None else None) or {}
+        head = self.drafter(head, ctx)
         tree = Tree(ctx.root)
         path_p = [1.0]  # probability that the target accepts each node's whole path
         frontier = [0]
@@ -275,7 +278,8 @@ class AutoPolicy(TreePolicy):
         n = len(tree)
         # one stalled step (a page fault, another process) must not rewrite the model of this
         # machine: a time is counted at most OUTLIER times what is expected of it
-        verify_s = min(verify_s, OUTLIER * self.verify_s(n)) if self.verify else verify_s
+        expected = self.verify_s(n) if self.verify else 0.0
+        verify_s = min(verify_s, OUTLIER * expected) if expected > 0 else verify_s
         if self.draft.value is not None:
             draft_s = min(draft_s, OUTLIER * self.draft.value)
         self.verify.setdefault(n, Ema()).add(verify_s)
@@ -299,8 +303,9 @@ class AutoPolicy(TreePolicy):
         self.window = [DECAY * self.window[0] + len(path), DECAY * self.window[1] + draft_s + verify_s]
         self.evidence += 1
         probe = self.paused  # drafting was switched off earlier in this generation
-        if self.evidence >= (2 if probe else self.config.patience):
-            if self.gain() < self.config.floor:
+        gain = self.gain()
+        if gain is not None and self.evidence >= (2 if probe else self.config.patience):
+            if gain < self.config.floor:
                 # a failed probe waits twice as long before the next one (up to 8x)
                 self.pause = min(2 * self.pause, 8 * self.config.probe_every) if probe else self.pause
                 self.off_until, self.paused = self.step + self.pause, True

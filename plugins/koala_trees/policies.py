@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from koala_core.errors import ConfigError
-from koala_core.interfaces import DraftContext, DraftHead, TreePolicy
+from koala_core.interfaces import DraftContext, DraftHead
 from koala_core.tree import Tree
+
+from .copy import CopyingPolicy, CopyOption
 
 # Medusa-style choice lists: each entry is a path of top-k ranks from the root's child down.
 PRESETS: dict[str, tuple[tuple[int, ...], ...]] = {
@@ -36,17 +38,19 @@ def _check_positive(**values: int) -> None:
             raise ConfigError(f"{key} must be >= 1, got {value}")
 
 
-class ChainPolicy(TreePolicy):
+class ChainPolicy(CopyingPolicy):
     """A single path: the head's top-1 proposal, repeated up to ``depth`` tokens."""
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(CopyOption):
         depth: int = field(default=5, metadata={"help": "tokens drafted per step"})
 
         def __post_init__(self):
+            super().__post_init__()
             _check_positive(depth=self.depth)
 
     def build(self, head: DraftHead, ctx: DraftContext) -> Tree:
+        head = self.drafter(head, ctx)
         tree = Tree(ctx.root)
         node = 0
         for _ in range(min(self.config.depth, ctx.budget.max_depth, ctx.budget.max_nodes)):
@@ -58,16 +62,17 @@ class ChainPolicy(TreePolicy):
         return tree
 
 
-class StaticPolicy(TreePolicy):
+class StaticPolicy(CopyingPolicy):
     """A fixed tree of top-k ranks (Medusa choice lists); a preset name or explicit paths."""
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(CopyOption):
         preset: str = field(default="small", metadata={"help": f"one of {', '.join(PRESETS)}"})
         choices: str = field(default="", metadata={
             "help": "explicit paths, e.g. '0;1;0.0;0.1' (overrides preset)"})
 
         def __post_init__(self):
+            super().__post_init__()
             if not self.choices and self.preset not in PRESETS:
                 raise ConfigError(f"unknown static tree preset {self.preset!r}; "
                                   f"choose one of {', '.join(PRESETS)}")
@@ -94,6 +99,7 @@ class StaticPolicy(TreePolicy):
             self.levels.setdefault(len(p), []).append(p)
 
     def build(self, head: DraftHead, ctx: DraftContext) -> Tree:
+        head = self.drafter(head, ctx)
         tree = Tree(ctx.root)
         node_of: dict[tuple[int, ...], int] = {(): 0}
         for depth in sorted(self.levels):
@@ -116,20 +122,22 @@ class StaticPolicy(TreePolicy):
         return tree
 
 
-class DynamicPolicy(TreePolicy):
+class DynamicPolicy(CopyingPolicy):
     """EAGLE-2: grow the ``top_k`` most probable frontier nodes per level, then keep the ``nodes``
     drafted nodes with the highest cumulative draft probability."""
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(CopyOption):
         depth: int = field(default=5, metadata={"help": "levels to expand"})
         top_k: int = field(default=4, metadata={"help": "children per node and frontier width"})
         nodes: int = field(default=12, metadata={"help": "drafted nodes kept after reranking"})
 
         def __post_init__(self):
+            super().__post_init__()
             _check_positive(depth=self.depth, top_k=self.top_k, nodes=self.nodes)
 
     def build(self, head: DraftHead, ctx: DraftContext) -> Tree:
+        head = self.drafter(head, ctx)
         cfg = self.config
         tree = Tree(ctx.root)
         frontier = [0]

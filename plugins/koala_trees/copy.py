@@ -1,0 +1,92 @@
+"""Copy proposals for every tree policy (``copy=N``): the head's candidates plus prompt lookup's.
+
+A trained head guesses what the target would write; it is poor at what the target *copies* (a
+summary quoting its source, names and numbers kept in a translation, fields pulled out of a text),
+which prompt lookup gets for free. With ``copy=N`` a policy drafts through :class:`WithCopies`:
+wherever the last N or more tokens of a node's context occurred before, what followed them joins
+that node's candidates with lookup's own confidence (its share of the earlier occurrences), ranked
+with the head's by probability, so a tree of k children per node still has k. The verifier checks
+every candidate as usual, so outputs do not change; only which guesses are tried does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from koala_core.errors import ConfigError
+from koala_core.interfaces import Candidates, DraftContext, DraftHead, TreePolicy
+from koala_core.ngrams import continuations
+from koala_core.tree import Tree
+
+
+@dataclass(frozen=True)
+class CopyOption:
+    """The ``copy`` option every built-in policy's config inherits."""
+
+    copy: int = field(default=0, kw_only=True, metadata={
+        "help": "also propose what followed earlier occurrences of a node's last N+ tokens "
+                "(prompt lookup: copying the head misses); 0 = off"})
+
+    def __post_init__(self):
+        if self.copy < 0:
+            raise ConfigError(f"copy must be >= 0 (0 = off), got {self.copy}")
+
+
+class WithCopies:
+    """The head as a tree policy sees it with ``copy=N``: its proposals merged with lookup's."""
+
+    def __init__(self, ngram: int) -> None:
+        self.ngram = ngram
+        self.head: DraftHead | None = None
+        self.context = torch.empty(0, dtype=torch.long)
+
+    def wrap(self, head: DraftHead, ctx: DraftContext) -> "WithCopies":
+        self.head = head
+        self.context = torch.tensor(ctx.tokens[:-1], dtype=torch.long)  # the root comes from paths
+        return self
+
+    def copy_of(self, tree: Tree, node: int) -> tuple[int, float] | None:
+        seq = torch.cat([self.context, torch.tensor(tree.path_tokens(node), dtype=torch.long)])
+        found = continuations(seq, self.ngram + 2, self.ngram)
+        return found[0] if found else None
+
+    def expand(self, tree: Tree, nodes: list[int], k: int) -> Candidates:
+        return merge(self.head.expand(tree, nodes, k), [self.copy_of(tree, n) for n in nodes])
+
+
+def merge(cand: Candidates, copies: list[tuple[int, float] | None]) -> Candidates:
+    """Each row's candidates with its copy proposal (token, probability) ranked in: a token both
+    propose keeps the higher probability; a new one takes the last place if it is more probable
+    than what holds it. Rows stay sorted by probability, width unchanged."""
+    tokens, logprobs = cand.tokens.clone(), cand.logprobs.clone()
+    for row, found in enumerate(copies):
+        if found is None:
+            continue
+        token, p = found
+        lp = float(torch.log(torch.tensor(p)))
+        same = (tokens[row] == token).nonzero().flatten()
+        if same.numel():
+            j = int(same[0])
+            logprobs[row, j] = max(float(logprobs[row, j]), lp)
+        elif lp > float(logprobs[row, -1]):
+            tokens[row, -1], logprobs[row, -1] = token, lp
+        else:
+            continue
+        order = torch.argsort(logprobs[row], descending=True, stable=True)
+        tokens[row], logprobs[row] = tokens[row][order], logprobs[row][order]
+    return Candidates(tokens, logprobs)
+
+
+class CopyingPolicy(TreePolicy):
+    """Base of the built-in policies: their configs inherit :class:`CopyOption`, and they draft
+    through :meth:`drafter`."""
+
+    def drafter(self, head: DraftHead, ctx: DraftContext):
+        """The head itself, or with ``copy=N`` the head with lookup's proposals merged in."""
+        if not self.config.copy:
+            return head
+        if getattr(self, "_copies", None) is None:
+            self._copies = WithCopies(self.config.copy)
+        return self._copies.wrap(head, ctx)
