@@ -48,12 +48,23 @@ def load_prompts(spec: str) -> list[dict]:
     return read_jsonl_prompts(spec)
 
 
-def select_prompts(spec: str, offset: int = 0, limit: int | None = None) -> list[dict]:
-    """The prompts of ``spec`` after ``offset``: ``limit`` of them (None: 10 of a built-in set,
-    every prompt of a user's file; 0: all)."""
+def select_prompts(spec: str, offset: int = 0, limit: int | None = None,
+                   categories: str | None = None) -> list[dict]:
+    """The prompts of ``spec`` (several comma-separated sets are concatenated) in the given
+    ``categories`` (comma-separated; None: all), after ``offset``: ``limit`` of them (None: 10 of
+    a built-in set, every prompt of a user's file; 0: all)."""
+    specs = [s.strip() for s in spec.split(",") if s.strip()]
     if limit is None:
-        limit = 10 if spec in BUILTIN_PROMPTS else 0
-    prompts = load_prompts(spec)[offset:]
+        limit = 10 if len(specs) == 1 and specs[0] in BUILTIN_PROMPTS else 0
+    prompts = [p for s in specs for p in load_prompts(s)]
+    if categories:
+        wanted = {c.strip() for c in categories.split(",") if c.strip()}
+        have = {p.get("category") for p in prompts}
+        if not wanted & have:
+            raise ConfigError(f"no prompt of category {', '.join(sorted(wanted))} in {spec}; it has "
+                              + ", ".join(sorted(c for c in have if c) or ["no categories"]))
+        prompts = [p for p in prompts if p.get("category") in wanted]
+    prompts = prompts[offset:]
     prompts = prompts[:limit] if limit else prompts
     if not prompts:
         raise ConfigError("no prompts left after --offset/--limit")

@@ -441,12 +441,15 @@ def serve(model, head, checkpoint, head_options, tree, tree_options, verifier, r
 
 @main.command()
 @click.option("--prompts", "prompt_spec", default="mtbench", show_default=True,
-              help="mtbench | gsm8k | a JSONL file with 'prompt' (or 'turns'), optional 'id', 'category'.")
+              help="mtbench | gsm8k | a JSONL file with 'prompt' (or 'turns'), optional 'id', "
+              "'category'; several, comma-separated, are concatenated.")
 @click.option("--methods", default="vanilla,lookup,hf-lookup,default", show_default=True,
               help="Comma-separated: vanilla, lookup, hf-lookup, default, shipped names, checkpoint folders.")
 @click.option("--limit", default=None, type=int,
               help="Prompts to use (default: 10 of a built-in set, every prompt of a file; 0 = all).")
 @click.option("--offset", default=0, show_default=True, help="Skip this many prompts first.")
+@click.option("--category", "categories", default=None,
+              help="Only prompts of these categories (comma-separated), e.g. translation,summarisation.")
 @click.option("--max-new-tokens", default=128, show_default=True)
 @click.option("--temperature", default=0.0, show_default=True)
 @click.option("--repeats", default=1, show_default=True)
@@ -459,8 +462,8 @@ def serve(model, head, checkpoint, head_options, tree, tree_options, verifier, r
               help="What trained heads draft in (auto: int8 weights on a CPU with native bf16, "
                    "bf16 on CUDA).")
 @click.option("--out", default="bench-out", show_default=True)
-def bench(prompt_spec, methods, limit, offset, max_new_tokens, temperature, repeats, model, device,
-          dtype, kernels, draft_dtype, out) -> None:
+def bench(prompt_spec, methods, limit, offset, categories, max_new_tokens, temperature, repeats,
+          model, device, dtype, kernels, draft_dtype, out) -> None:
     """Compare methods side by side (interleaved, one process): tau, speedup, identity."""
     from .bench import run_bench, select_prompts, write_report
     from .compose import build_method
@@ -472,7 +475,7 @@ def bench(prompt_spec, methods, limit, offset, max_new_tokens, temperature, repe
     if "vanilla" in names:
         names.remove("vanilla")
     names = ["vanilla"] + names
-    prompts = select_prompts(prompt_spec, offset, limit)
+    prompts = select_prompts(prompt_spec, offset, limit, categories)
     config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=Sampling(temperature), seed=0)
     from .kernels import draft_dtype as resolve_draft_dtype
 
@@ -489,7 +492,8 @@ def bench(prompt_spec, methods, limit, offset, max_new_tokens, temperature, repe
                    f"trees of {', '.join(uses_curve)} fit a line to verify cost instead; run "
                    f"`koala cost` once on this machine", err=True)
     results = run_bench(method_objs, target, prompts, config, repeats=repeats)
-    results["meta"] = {"prompts": prompt_spec, "n_prompts": len(prompts), "offset": offset,
+    results["meta"] = {"prompts": prompt_spec, "categories": categories,
+                       "n_prompts": len(prompts), "offset": offset,
                        "max_new_tokens": max_new_tokens, "temperature": temperature,
                        "repeats": repeats, "model": model, "dtype": dtype, "device": device,
                        "kernels": target.kernels, "draft_dtype": draft_dtype,

@@ -129,6 +129,24 @@ def test_a_prompt_file_runs_whole_by_default(tmp_path):
         select_prompts(str(path), offset=20)
 
 
+def test_prompts_from_several_files_and_chosen_categories(tmp_path):
+    from koala_core.bench import select_prompts
+    from koala_core.errors import ConfigError
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("\n".join(json.dumps({"prompt": f"a{i}", "category": c})
+                           for i, c in enumerate(["maths", "translation", "code"])))
+    b.write_text("\n".join(json.dumps({"prompt": f"b{i}", "category": c})
+                           for i, c in enumerate(["translation", "summarisation"])))
+    both = f"{a},{b}"
+    assert [p["prompt"] for p in select_prompts(both)] == ["a0", "a1", "a2", "b0", "b1"]
+    chosen = select_prompts(both, categories="translation,summarisation")
+    assert [p["prompt"] for p in chosen] == ["a1", "b0", "b1"]
+    assert [p["prompt"] for p in select_prompts(both, 1, 1, "translation")] == ["b0"]
+    with pytest.raises(ConfigError, match="no prompt of category poetry.*code, maths"):
+        select_prompts(both, categories="poetry")
+
+
 def test_recipe_overrides_are_library_code():
     from koala_core.recipe import Recipe, Slot
 
