@@ -4,9 +4,13 @@ A trained head guesses what the target would write; it is poor at what the targe
 summary quoting its source, names and numbers kept in a translation, fields pulled out of a text),
 which prompt lookup gets for free. With ``copy=N`` a policy drafts through :class:`WithCopies`:
 wherever the last N or more tokens of a node's context occurred before, what followed them joins
-that node's candidates with lookup's own confidence (its share of the earlier occurrences), ranked
-with the head's by probability, so a tree of k children per node still has k. The verifier checks
-every candidate as usual, so outputs do not change; only which guesses are tried does.
+that node's candidates, ranked with the head's by probability, so a tree of k children per node
+still has k. The verifier checks every candidate as usual, so outputs do not change; only which
+guesses are tried does.
+
+A copy's probability is lookup's share of the earlier occurrences times how often a match of that
+length is right (:data:`RELIABILITY`): lookup's share alone is 1 for any n-gram seen once, which
+would outrank a confident head on every common phrase.
 """
 
 from __future__ import annotations
@@ -17,8 +21,16 @@ import torch
 
 from koala_core.errors import ConfigError
 from koala_core.interfaces import Candidates, DraftContext, DraftHead, TreePolicy
-from koala_core.ngrams import continuations
+from koala_core.ngrams import longest_match
 from koala_core.tree import Tree
+
+# How often the target's next token is what followed the earlier occurrence(s) of the last n tokens,
+# when they occurred before with one follower: 1 token 0.35, 2-gram 0.57, 3-gram 0.59, 4-gram 0.69,
+# 5-gram 0.81 (several followers: 0.17-0.34, of which the share accounts for part). Measured on
+# held-out ShareGPT conversations (records 10,000 on), 25.6k assistant positions, teacher-forced:
+# `python benchmarks/copy_reliability.py`.
+RELIABILITY = {1: 0.35, 2: 0.57, 3: 0.59, 4: 0.69, 5: 0.81}
+LONGEST = max(RELIABILITY)
 
 
 @dataclass(frozen=True)
@@ -48,9 +60,13 @@ class WithCopies:
         return self
 
     def copy_of(self, tree: Tree, node: int) -> tuple[int, float] | None:
+        """(token, probability) of the copy proposal after ``node``, or None."""
         seq = torch.cat([self.context, torch.tensor(tree.path_tokens(node), dtype=torch.long)])
-        found = continuations(seq, self.ngram + 2, self.ngram)
-        return found[0] if found else None
+        n, found = longest_match(seq, max(LONGEST, self.ngram), self.ngram)
+        if not found:
+            return None
+        token, share = found[0]
+        return token, share * RELIABILITY[min(n, LONGEST)]
 
     def expand(self, tree: Tree, nodes: list[int], k: int) -> Candidates:
         return merge(self.head.expand(tree, nodes, k), [self.copy_of(tree, n) for n in nodes])
