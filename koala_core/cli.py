@@ -59,6 +59,17 @@ def _refuse_with_recipe(ctx, names: tuple[str, ...], flag: str = "--recipe") -> 
         raise ConfigError(f"{flags}: the recipe decides this; edit the recipe or drop {flag}")
 
 
+def _parse_baselines(pairs: tuple[str, ...]) -> dict[str, str]:
+    """--baseline NAME=DIR pairs (names kept as written: configuration names use dashes)."""
+    out = {}
+    for pair in pairs:
+        name, sep, folder = pair.partition("=")
+        if not sep or not name or not folder:
+            raise click.BadParameter(f"expected NAME=DIR, got {pair!r}", param_hint="--baseline")
+        out[name] = folder
+    return out
+
+
 def _parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
     out = {}
     for pair in pairs:
@@ -632,7 +643,7 @@ def ablate(ctx, data, out, families, layers, head_options, tree, tree_options, b
             adv_loss_options=_parse_options(adv_options, "--adv-loss-option")),
         head_options=_parse_options(head_options, "--head-option"),
         tree=(tree, _parse_options(tree_options, "--tree-option")) if tree else None,
-        baselines={k.replace("_", "-"): v for k, v in _parse_options(baselines, "--baseline").items()})
+        baselines=_parse_baselines(baselines))
     config.runs(default_registry())  # unknown families fail before the model loads
     prompts = select_prompts(prompt_spec, offset, limit)
     target = load_target(model, kernels=kernels)

@@ -294,3 +294,5 @@ def test_ablate_budget_takes_the_schedule_from_a_recipe(tmp_path):
     result = CliRunner().invoke(main, ["ablate", "--data", str(tmp_path), "--budget", str(recipe),
                                        "--steps", "5"])
     assert result.exit_code != 0 and "drop --budget" in result.output
+    result = CliRunner().invoke(main, ["ablate", "--data", str(tmp_path), "--baseline", "eagle-k1-sup"])
+    assert result.exit_code != 0 and "expected NAME=DIR" in result.output
