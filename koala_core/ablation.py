@@ -75,8 +75,8 @@ def budget_of(recipe_path: str | Path) -> TrainConfig:
 
 
 # training settings that change what a run computes (eval/save cadence and micro-batching do not)
-SAME = ("head", "loss", "steps", "batch_size", "window", "lr", "weight_decay", "warmup", "grad_clip",
-        "depth_decay", "seed", "precision", "init")
+SAME = ("head", "loss", "loss_options", "steps", "batch_size", "window", "lr", "weight_decay",
+        "warmup", "grad_clip", "depth_decay", "seed", "precision", "init")
 
 
 def baseline_differences(folder: Path, cfg: TrainConfig, data_hash: str) -> list[str]:
@@ -132,7 +132,9 @@ def run_ablation(target, data, out: str | Path, config: AblationConfig, prompts:
     where = {name: ck_dir / name for name, _, _ in runs}
     for name, cfg, _ in runs:  # every baseline is checked before anything trains
         if name in config.baselines:
-            diffs = baseline_differences(Path(config.baselines[name]), cfg, data_hash)
+            loss = cfg.loss or reg.get("heads", cfg.head).cls.default_loss  # what training uses
+            diffs = baseline_differences(Path(config.baselines[name]), replace(cfg, loss=loss),
+                                         data_hash)
             if diffs:
                 raise ConfigError(f"ablation: {config.baselines[name]} is not {name} as this "
                                   f"ablation trains it: " + "; ".join(diffs))

@@ -272,6 +272,10 @@ def test_ablation_reuses_a_baseline_only_if_it_is_that_configuration(prepared, r
         run_ablation(target, data, tmp_path / "abl2", replace(config, baselines={name: str(tmp_path / "other")}),
                      prompts, GenerationConfig(max_new_tokens=4), registry=registry, progress=False)
     assert not (tmp_path / "abl2/checkpoints/medusa-k1-koala").exists()
+    train(target, data, tmp_path / "kd", replace(cfg, loss="kd"), registry=registry, progress=False)
+    with pytest.raises(ConfigError, match="loss: 'kd' there, 'ce' here"):
+        run_ablation(target, data, tmp_path / "abl4", replace(config, baselines={name: str(tmp_path / "kd")}),
+                     prompts, GenerationConfig(max_new_tokens=4), registry=registry, progress=False)
     with pytest.raises(ConfigError, match="no configuration named medusa-k9-sup"):
         run_ablation(target, data, tmp_path / "abl3", replace(config, baselines={"medusa-k9-sup": "x"}),
                      prompts, GenerationConfig(max_new_tokens=4), registry=registry, progress=False)
