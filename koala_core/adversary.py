@@ -101,7 +101,8 @@ class Adversary:
         ctx, real, fake = self._gather(outs)
         ctx, real, fake = ctx.detach(), real.detach(), fake.detach()
         weight = torch.ones(real.shape[0], device=real.device)
-        sigma, spread = self.noise_at(step), self._spread(real)
+        sigma = self.noise_at(step)
+        spread = self._spread(real) if sigma else None
         for _ in range(self.config.d_steps if not self.paused else 0):
             if sigma:  # fresh noise for every update
                 real_in, fake_in = self._noisy(real, spread, sigma), self._noisy(fake, spread, sigma)
@@ -134,7 +135,8 @@ class Adversary:
         for k, out in enumerate(outs):
             sub = self._subset(out)
             real, fake = self.disc.samples(sub)
-            fake = self._noisy(fake, self._spread(real), sigma)
+            if sigma:
+                fake = self._noisy(fake, self._spread(real), sigma)
             score = self.disc(sub.context.float().detach(), fake)
             total = total + depth_decay ** k * self.game.generator_loss(
                 score, torch.ones_like(score))
