@@ -31,6 +31,9 @@ class AblationConfig:
     # configuration name (e.g. "eagle-k1-sup") -> a checkpoint trained exactly so already (checked:
     # same head, options, schedule, seed and data), used instead of training it again
     baselines: dict = field(default_factory=dict)
+    # the configurations of the grid to train and bench (empty: all of them), e.g. the K=2
+    # adversarial arm alone next to the K=1 pair when an hour of training is all there is
+    only: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.layers or min(self.layers) < 1:
@@ -62,6 +65,12 @@ class AblationConfig:
                     cfg = replace(self.train, head=family, head_options={**options, "layers": k},
                                   adversary=self.adversary if adv else AdversaryConfig())
                     out.append((f"{family}-k{k}-{'koala' if adv else 'sup'}", cfg, tree))
+        if self.only:
+            unknown = sorted(set(self.only) - {name for name, _, _ in out})
+            if unknown:
+                raise ConfigError(f"ablation: no configuration named {', '.join(unknown)}; the "
+                                  "names are " + ", ".join(name for name, _, _ in out))
+            out = [run for run in out if run[0] in self.only]
         return out
 
 

@@ -568,6 +568,8 @@ def compose(ctx, head, tree, verifier, loss, discriminator, adv_loss, temperatur
 @click.option("--families", default="", help="Comma-separated trainable heads (default: every one "
               "installed).")
 @click.option("--layers", default="1,2,3", show_default=True, help="Values of K to train.")
+@click.option("--only", default="", help="Train and bench only these configurations of the grid "
+              "(comma-separated), e.g. eagle-k1-sup,eagle-k1-koala,eagle-k2-koala (default: all).")
 @click.option("--head-option", "head_options", multiple=True, metavar="KEY=VALUE",
               help="Option given to every family that has it, e.g. heads=3 (repeatable).")
 @click.option("--tree", default=None, help="Inference tree of every head (default: each head's own).")
@@ -606,7 +608,7 @@ def compose(ctx, head, tree, verifier, loss, discriminator, adv_loss, temperatur
 @click.option("--model", default="default", show_default=True)
 @kernels_option
 @click.pass_context
-def ablate(ctx, data, out, families, layers, head_options, tree, tree_options, budget, steps,
+def ablate(ctx, data, out, families, layers, only, head_options, tree, tree_options, budget, steps,
            batch_size, window, lr, warmup, seed, precision, baselines, discriminator, disc_options,
            adv_loss, adv_options, adv_weight, adv_warmup, d_lr, d_steps, instance_noise, noise_steps,
            prompt_spec, offset, limit, max_new_tokens, model, kernels) -> None:
@@ -643,7 +645,8 @@ def ablate(ctx, data, out, families, layers, head_options, tree, tree_options, b
             adv_loss_options=_parse_options(adv_options, "--adv-loss-option")),
         head_options=_parse_options(head_options, "--head-option"),
         tree=(tree, _parse_options(tree_options, "--tree-option")) if tree else None,
-        baselines=_parse_baselines(baselines))
+        baselines=_parse_baselines(baselines),
+        only=tuple(n.strip() for n in only.split(",") if n.strip()))
     config.runs(default_registry())  # unknown families fail before the model loads
     prompts = select_prompts(prompt_spec, offset, limit)
     target = load_target(model, kernels=kernels)

@@ -300,3 +300,18 @@ def test_ablate_budget_takes_the_schedule_from_a_recipe(tmp_path):
     assert result.exit_code != 0 and "drop --budget" in result.output
     result = CliRunner().invoke(main, ["ablate", "--data", str(tmp_path), "--baseline", "eagle-k1-sup"])
     assert result.exit_code != 0 and "expected NAME=DIR" in result.output
+
+
+def test_ablation_only_keeps_the_named_configurations(registry):
+    from koala_core.ablation import AblationConfig
+    from koala_core.errors import ConfigError
+
+    adversary = AdversaryConfig(discriminator="logit-mlp")
+    config = AblationConfig(families=("eagle",), layers=(1, 2), adversary=adversary,
+                            only=("eagle-k1-sup", "eagle-k2-koala", "eagle-k1-koala"))
+    assert [name for name, _, _ in config.runs(registry)] == ["eagle-k1-sup", "eagle-k1-koala",
+                                                              "eagle-k2-koala"]
+    with pytest.raises(ConfigError, match="no configuration named eagle-k3-sup; the names are "
+                                          "eagle-k1-sup, eagle-k1-koala"):
+        AblationConfig(families=("eagle",), layers=(1, 2), adversary=adversary,
+                       only=("eagle-k3-sup",)).runs(registry)
