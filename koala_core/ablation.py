@@ -83,6 +83,15 @@ def budget_of(recipe_path: str | Path) -> TrainConfig:
                    loss_options={}, adversary=AdversaryConfig(), init="")
 
 
+def budget_tree(recipe_path: str | Path) -> tuple[str, dict] | None:
+    """The tree a recipe's head drafts with (None: it names none), so that an ablation at its
+    budget compares every head on the shipped head's tree."""
+    from .recipe import load_recipe
+
+    tree = load_recipe(recipe_path).tree
+    return (tree.name, dict(tree.options)) if tree.name else None
+
+
 # training settings that change what a run computes (eval/save cadence and micro-batching do not)
 SAME = ("head", "loss", "loss_options", "steps", "batch_size", "window", "lr", "weight_decay",
         "warmup", "grad_clip", "depth_decay", "seed", "precision", "init")
@@ -159,7 +168,8 @@ def run_ablation(target, data, out: str | Path, config: AblationConfig, prompts:
         resume = (ck_dir / f"{name}.train-state" / "state.json").is_file()
         train(target, folders, folder, cfg, resume=resume, registry=reg, progress=progress, tree=tree)
     methods = [build_method("vanilla", target, reg)]
-    methods += [build_method(str(where[name]), target, reg) for name, _, _ in runs]
+    # every configuration drafts with its run's tree, a baseline too (whatever its checkpoint names)
+    methods += [build_method(str(where[name]), target, reg, tree=tree) for name, _, tree in runs]
     for m, (name, _, _) in zip(methods[1:], runs):
         m.name = name
     results = run_bench(methods, target, prompts, gen_config, progress=progress)
@@ -175,10 +185,11 @@ def run_ablation(target, data, out: str | Path, config: AblationConfig, prompts:
 def ablation_rows(results: dict, runs, where: dict[str, Path]) -> list[dict]:
     by_name = {m["method"]: m for m in results["methods"]}
     rows = []
-    for name, cfg, _ in runs:
+    for name, cfg, tree in runs:
         m = by_name[name]
         meta = json.loads((where[name] / "koala.json").read_text())
         rows.append({"name": name, "family": cfg.head, "layers": cfg.head_options["layers"],
+                     "tree": describe_tree(tree),
                      "adversarial": cfg.adversary.enabled, "tau": m["tau"],
                      "speedup": m["speedup"], "token_efficiency": m["token_efficiency"],
                      "draft_ms_per_step": m["draft_ms_per_step"],
@@ -188,14 +199,20 @@ def ablation_rows(results: dict, runs, where: dict[str, Path]) -> list[dict]:
     return rows
 
 
+def describe_tree(tree: tuple[str, dict]) -> str:
+    name, options = tree
+    return name + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
+
+
 def markdown(rows: list[dict], gen_config, n_prompts: int) -> str:
     lines = [f"{n_prompts} held-out prompts x {gen_config.max_new_tokens} tokens, greedy; speedup = "
              "median [min-max] over prompts against plain greedy decoding, interleaved in one run.", "",
-             "| head | K | adversarial | val top-1 (depth 1) | tau | speedup | token eff. | "
+             "| head | K | adversarial | tree | val top-1 (depth 1) | tau | speedup | token eff. | "
              "draft ms/step | identical |",
-             "|---|---:|---|---:|---:|---|---:|---:|---:|"]
+             "|---|---:|---|---|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['family']} | {r['layers']} | {'yes' if r['adversarial'] else 'no'} | "
+                     f"{r.get('tree', '')} | "
                      f"{r['val_top1'][0]:.3f} | {r['tau']:.2f} | {format_speedup(r['speedup'])} | "
                      f"{r['token_efficiency']:.2f} | "
                      f"{r['draft_ms_per_step']:.1f} | {r['identical']:.0%} |")

@@ -576,7 +576,8 @@ def compose(ctx, head, tree, verifier, loss, discriminator, adv_loss, temperatur
 @click.option("--tree-option", "tree_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--budget", default=None, metavar="RECIPE", help="Take the training schedule (steps, "
               "batch size, window, lr, warm-up, precision, seed, evaluation cadence) from this "
-              "recipe, e.g. recipes/eagle-k1.toml: the ablation at a shipped head's budget.")
+              "recipe, e.g. recipes/eagle-k1.toml: the ablation at a shipped head's budget; every head "
+              "then drafts with the recipe's tree unless --tree names one.")
 @click.option("--steps", default=150, show_default=True, help="Training steps of every configuration.")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--window", default=256, show_default=True)
@@ -625,7 +626,7 @@ def ablate(ctx, data, out, families, layers, only, head_options, tree, tree_opti
     except ValueError:
         raise ConfigError(f"--layers must be comma-separated integers, got {layers!r}") from None
     if budget:
-        from .ablation import budget_of
+        from .ablation import budget_of, budget_tree
 
         _refuse_with_recipe(ctx, ("steps", "batch_size", "window", "lr", "warmup", "seed",
                                   "precision"), "--budget")
@@ -644,7 +645,8 @@ def ablate(ctx, data, out, families, layers, only, head_options, tree, tree_opti
             discriminator_options=_parse_options(disc_options, "--discriminator-option"),
             adv_loss_options=_parse_options(adv_options, "--adv-loss-option")),
         head_options=_parse_options(head_options, "--head-option"),
-        tree=(tree, _parse_options(tree_options, "--tree-option")) if tree else None,
+        tree=(tree, _parse_options(tree_options, "--tree-option")) if tree else
+        (budget_tree(budget) if budget else None),
         baselines=_parse_baselines(baselines),
         only=tuple(n.strip() for n in only.split(",") if n.strip()))
     config.runs(default_registry())  # unknown families fail before the model loads

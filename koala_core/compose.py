@@ -102,9 +102,11 @@ def make_drafter(target, head: str | None, head_options: dict | None, checkpoint
     return None
 
 
-def build_method(spec: str, target, registry: Registry | None = None, draft_dtype: str = "auto"):
+def build_method(spec: str, target, registry: Registry | None = None, draft_dtype: str = "auto",
+                 tree: tuple[str, dict] | None = None):
     """A bench method from its name: ``vanilla``, ``hf-lookup``, a training-free head plugin
-    (e.g. ``lookup``), ``default``, a shipped head's name, a checkpoint folder or a recipe file."""
+    (e.g. ``lookup``), ``default``, a shipped head's name, a checkpoint folder or a recipe file.
+    ``tree`` (name, options) replaces a checkpoint's own tree (heads compared on one tree)."""
     from pathlib import Path
 
     from .bench import Method
@@ -145,5 +147,6 @@ def build_method(spec: str, target, registry: Registry | None = None, draft_dtyp
         raise ConfigError(f"unknown bench method {spec!r}: use one of {known}, a checkpoint folder "
                           "or a recipe .toml")
     ck = Checkpoint.open(folder)
-    policy = reg.create("tree_policies", *choose_tree(ck, reg.get("heads", ck.plugin).cls, None, None))
+    policy = reg.create("tree_policies", *choose_tree(ck, reg.get("heads", ck.plugin).cls,
+                                                      *(tree or (None, None))))
     return Method(spec, SpeculativeEngine(target, ck.build_head(target, reg, draft_dtype), policy))

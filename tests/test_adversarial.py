@@ -264,6 +264,16 @@ def test_ablation_reuses_a_baseline_only_if_it_is_that_configuration(prepared, r
                        prompts, GenerationConfig(max_new_tokens=4), registry=registry, progress=False)
     rows = {r["name"]: r for r in doc["rows"]}
     assert rows[name]["checkpoint"] == str(tmp_path / "shipped")
+    # the baseline drafts with the ablation's tree, not the one its checkpoint names
+    from koala_core.compose import build_method
+
+    assert tree == ("static", {"preset": "small"})  # medusa's own default
+    shipped = tmp_path / "shipped-chain"
+    train(target, data, shipped, cfg, registry=registry, progress=False, tree=("chain", {}))
+    assert build_method(str(shipped), target, registry).engine.tree_policy.plugin_name == "chain"
+    policy = build_method(str(shipped), target, registry, tree=tree).engine.tree_policy
+    assert (policy.plugin_name, policy.config.preset) == ("static", "small")
+    assert rows[name]["tree"] == rows["medusa-k1-koala"]["tree"] == "static (preset=small)"
     assert not (tmp_path / "abl/checkpoints" / name).exists()  # not trained again
     assert (tmp_path / "abl/checkpoints/medusa-k1-koala/koala.json").is_file()
     # trained otherwise: refused, naming what differs, before anything trains
@@ -286,7 +296,7 @@ def test_ablate_budget_takes_the_schedule_from_a_recipe(tmp_path):
 
     from click.testing import CliRunner
 
-    from koala_core.ablation import budget_of
+    from koala_core.ablation import budget_of, budget_tree
     from koala_core.cli import main
     from koala_core.recipe import load_recipe
 
@@ -295,6 +305,7 @@ def test_ablate_budget_takes_the_schedule_from_a_recipe(tmp_path):
     for key in ("steps", "batch_size", "window", "lr", "warmup", "seed", "precision"):
         assert getattr(schedule, key) == getattr(shipped, key), key
     assert schedule.head == "" and not schedule.adversary.enabled
+    assert budget_tree(recipe) == ("static", {"preset": "tiny"})  # every head drafts the shipped tree
     result = CliRunner().invoke(main, ["ablate", "--data", str(tmp_path), "--budget", str(recipe),
                                        "--steps", "5"])
     assert result.exit_code != 0 and "drop --budget" in result.output
