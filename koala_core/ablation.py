@@ -212,7 +212,7 @@ def markdown(rows: list[dict], gen_config, n_prompts: int) -> str:
              "|---|---:|---|---|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['family']} | {r['layers']} | {'yes' if r['adversarial'] else 'no'} | "
-                     f"{r.get('tree', '')} | "
+                     f"{r['tree']} | "
                      f"{r['val_top1'][0]:.3f} | {r['tau']:.2f} | {format_speedup(r['speedup'])} | "
                      f"{r['token_efficiency']:.2f} | "
                      f"{r['draft_ms_per_step']:.1f} | {r['identical']:.0%} |")

@@ -59,25 +59,24 @@ def _refuse_with_recipe(ctx, names: tuple[str, ...], flag: str = "--recipe") -> 
         raise ConfigError(f"{flags}: the recipe decides this; edit the recipe or drop {flag}")
 
 
+def _pairs(pairs: tuple[str, ...], flag: str, metavar: str, need_value: bool) -> list[tuple[str, str]]:
+    """(key, value) of each KEY=VALUE given to ``flag``; a malformed pair is a clear error."""
+    out = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or (need_value and not value):
+            raise click.BadParameter(f"expected {metavar}, got {pair!r}", param_hint=flag)
+        out.append((key, value))
+    return out
+
+
 def _parse_baselines(pairs: tuple[str, ...]) -> dict[str, str]:
     """--baseline NAME=DIR pairs (names kept as written: configuration names use dashes)."""
-    out = {}
-    for pair in pairs:
-        name, sep, folder = pair.partition("=")
-        if not sep or not name or not folder:
-            raise click.BadParameter(f"expected NAME=DIR, got {pair!r}", param_hint="--baseline")
-        out[name] = folder
-    return out
+    return dict(_pairs(pairs, "--baseline", "NAME=DIR", need_value=True))
 
 
 def _parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=flag)
-        out[key.replace("-", "_")] = value
-    return out
+    return {k.replace("-", "_"): v for k, v in _pairs(pairs, flag, "KEY=VALUE", need_value=False)}
 
 
 def kernels_option(fn):
