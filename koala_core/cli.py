@@ -392,10 +392,12 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
     from .registry import default_registry
 
     tree_spec = recipe_tree
-    if tree:
-        opts = _parse_options(tree_options, "--tree-option")
-        policy = default_registry().create("tree_policies", tree, opts)  # validate before training
-        tree_spec = (tree, {k: getattr(policy.config, k) for k in opts})  # typed, as recipes hold them
+    opts = _parse_options(tree_options, "--tree-option")
+    if tree or opts:
+        name, base = (tree, {}) if tree else _tree_to_amend(recipe_tree, "the recipe" if recipe else "this command")
+        opts = {**base, **opts}
+        policy = default_registry().create("tree_policies", name, opts)  # validate before training
+        tree_spec = (name, {k: getattr(policy.config, k) for k in opts})  # typed, as recipes hold them
     from .distributed import workers as join_workers
 
     team = join_workers(device)
@@ -625,7 +627,7 @@ def ablate(ctx, data, out, families, layers, only, head_options, tree, tree_opti
     except ValueError:
         raise ConfigError(f"--layers must be comma-separated integers, got {layers!r}") from None
     if budget:
-        from .ablation import budget_of, budget_tree
+        from .ablation import budget_of
 
         _refuse_with_recipe(ctx, ("steps", "batch_size", "window", "lr", "warmup", "seed",
                                   "precision"), "--budget")
@@ -644,8 +646,7 @@ def ablate(ctx, data, out, families, layers, only, head_options, tree, tree_opti
             discriminator_options=_parse_options(disc_options, "--discriminator-option"),
             adv_loss_options=_parse_options(adv_options, "--adv-loss-option")),
         head_options=_parse_options(head_options, "--head-option"),
-        tree=(tree, _parse_options(tree_options, "--tree-option")) if tree else
-        (budget_tree(budget) if budget else None),
+        tree=_ablation_tree(tree, _parse_options(tree_options, "--tree-option"), budget),
         baselines=_parse_baselines(baselines),
         only=tuple(n.strip() for n in only.split(",") if n.strip()))
     config.runs(default_registry())  # unknown families fail before the model loads
@@ -654,6 +655,27 @@ def ablate(ctx, data, out, families, layers, only, head_options, tree, tree_opti
     run_ablation(target, list(data), out, config, prompts,
                  GenerationConfig(max_new_tokens=max_new_tokens))
     click.echo(open(f"{out}/ablation.md").read())
+
+
+def _tree_to_amend(spec: tuple[str, dict] | None, source: str) -> tuple[str, dict]:
+    """The tree that --tree-option without --tree amends (the recipe's or the budget's)."""
+    if not spec:
+        raise ConfigError(f"--tree-option needs --tree (no tree in {source} to apply it to)")
+    return spec[0], dict(spec[1])
+
+
+def _ablation_tree(tree: str | None, options: dict, budget: str | None) -> tuple[str, dict] | None:
+    """koala ablate's tree: --tree with its options, else the --budget recipe's, amended by any
+    --tree-option (None: each head's own default)."""
+    from .ablation import budget_tree
+
+    if tree:
+        return tree, options
+    spec = budget_tree(budget) if budget else None
+    if not options:
+        return spec
+    name, base = _tree_to_amend(spec, "--budget's recipe" if budget else "this command")
+    return name, {**base, **options}
 
 
 @main.command("export")

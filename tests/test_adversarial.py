@@ -313,6 +313,21 @@ def test_ablate_budget_takes_the_schedule_from_a_recipe(tmp_path):
     assert result.exit_code != 0 and "expected NAME=DIR" in result.output
 
 
+def test_ablate_tree_options_amend_the_budget_tree_or_fail():
+    from pathlib import Path
+
+    from koala_core.cli import _ablation_tree
+    from koala_core.errors import ConfigError
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "eagle-k1.toml"
+    assert _ablation_tree(None, {}, str(recipe)) == ("static", {"preset": "tiny"})
+    assert _ablation_tree(None, {"preset": "small"}, str(recipe)) == ("static", {"preset": "small"})
+    assert _ablation_tree("chain", {"depth": "3"}, str(recipe)) == ("chain", {"depth": "3"})
+    assert _ablation_tree(None, {}, None) is None  # each head's own default tree
+    with pytest.raises(ConfigError, match="--tree-option needs --tree"):
+        _ablation_tree(None, {"depth": "3"}, None)
+
+
 def test_ablation_only_keeps_the_named_configurations(registry):
     from koala_core.ablation import AblationConfig
     from koala_core.errors import ConfigError

@@ -102,6 +102,8 @@ def test_plugins_and_options(models):
     fails(["generate", "--head", "nope", "hi"], "unknown head 'nope'", "lookup")
     fails(["generate", "--head", "lookup", "--head-option", "width=2", "hi"], "valid options")
     fails(["generate", "--tree", "chain", "--tree-option", "width=2", "hi"], "valid options: copy, depth")
+    fails(["train", "--data", str(models), "--out", str(models / "never"), "--tree-option", "depth=3"],
+          "--tree-option needs --tree")
     fails(["generate", "--tree", "bushy", "hi"], "unknown tree policy", "chain")
     fails(["generate", "--verifier", "greedy", "--temperature", "0.5", "hi"], "temperature 0")
 
