@@ -128,10 +128,10 @@ def baseline_differences(folder: Path, cfg: TrainConfig, data_hash: str) -> list
 
 
 def run_ablation(target, data, out: str | Path, config: AblationConfig, prompts: list[dict],
-                 gen_config, registry=None, progress: bool = True) -> dict:
+                 gen_config, registry=None, progress: bool = True, label: str = "") -> dict:
     from tqdm.auto import tqdm
 
-    from .bench import run_bench, write_report
+    from .bench import bench_meta, run_bench, write_report
     from .compose import build_method
     from .registry import default_registry
     from .training import train
@@ -173,6 +173,7 @@ def run_ablation(target, data, out: str | Path, config: AblationConfig, prompts:
     for m, (name, _, _) in zip(methods[1:], runs):
         m.name = name
     results = run_bench(methods, target, prompts, gen_config, progress=progress)
+    results["meta"] = bench_meta(target, label, prompts, gen_config)
     write_report(results, out / "bench")
     table = ablation_rows(results, runs, where)
     doc = {"config": asdict(config), "rows": table, "bench": results.get("meta", {})}

@@ -477,7 +477,7 @@ def serve(model, head, checkpoint, head_options, tree, tree_options, verifier, r
 def bench(prompt_spec, methods, limit, offset, categories, max_new_tokens, temperature, repeats,
           model, device, dtype, kernels, draft_dtype, out) -> None:
     """Compare methods side by side (interleaved, one process): tau, speedup, identity."""
-    from .bench import run_bench, select_prompts, write_report
+    from .bench import bench_meta, run_bench, select_prompts, write_report
     from .compose import build_method
     from .engine import GenerationConfig
     from .model import load_target
@@ -504,15 +504,12 @@ def bench(prompt_spec, methods, limit, offset, categories, max_new_tokens, tempe
                    f"trees of {', '.join(uses_curve)} fit a line to verify cost instead; run "
                    f"`koala cost` once on this machine", err=True)
     results = run_bench(method_objs, target, prompts, config, repeats=repeats)
-    results["meta"] = {"prompts": prompt_spec, "categories": categories,
-                       "n_prompts": len(prompts), "offset": offset,
-                       "max_new_tokens": max_new_tokens, "temperature": temperature,
-                       "repeats": repeats, "model": model, "dtype": dtype, "device": device,
-                       "kernels": target.kernels, "draft_dtype": draft_dtype,
-                       "draft_dtype_used": str(resolve_draft_dtype(target, draft_dtype)).replace(
-                           "torch.", ""), "cache": target.cache_kind,
-                       "verify_curve": None if curve is None else {str(n): round(r, 3)
-                                                                   for n, r in sorted(curve.items())}}
+    results["meta"] = bench_meta(target, prompt_spec, prompts, config, categories=categories,
+                                 offset=offset, repeats=repeats, model=model, draft_dtype=draft_dtype,
+                                 draft_dtype_used=str(resolve_draft_dtype(target, draft_dtype)).replace(
+                                     "torch.", ""),
+                                 verify_curve=None if curve is None else {
+                                     str(n): round(r, 3) for n, r in sorted(curve.items())})
     write_report(results, out)
     click.echo(open(f"{out}/results.md").read())
 
@@ -653,7 +650,7 @@ def ablate(ctx, data, out, families, layers, only, head_options, tree, tree_opti
     prompts = select_prompts(prompt_spec, offset, limit)
     target = load_target(model, kernels=kernels)
     run_ablation(target, list(data), out, config, prompts,
-                 GenerationConfig(max_new_tokens=max_new_tokens))
+                 GenerationConfig(max_new_tokens=max_new_tokens), label=prompt_spec)
     click.echo(open(f"{out}/ablation.md").read())
 
 

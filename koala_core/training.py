@@ -184,11 +184,11 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
         topk = int(train_split["topk_ids"].shape[-1]) if "topk_ids" in train_split else 0
         adversary = Adversary(config.adversary, reg, target.hidden_size, topk, target.device,
                               seed=config.seed)
-    step = 0
+    step, before = 0, 0.0  # before: training seconds spent before a resume
+    history: list[dict] = []  # validation per eval step, across resumes
     state_dir = out.parent / f"{out.name}.train-state"
     if resume:
-        step = load_train_state(state_dir, head, opt, gen, config, adversary)
-    history: list[dict] = []
+        step, before, history = load_train_state(state_dir, head, opt, gen, config, adversary)
     bar = tqdm(total=config.steps, initial=step, desc=f"train {config.head}",
                disable=not progress or not workers.main)
     t0 = time.perf_counter()
@@ -232,10 +232,11 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
         bar.set_postfix(post)
         if step % config.save_every == 0 and step < config.steps:
             if workers.main:
-                save_train_state(state_dir, head, opt, gen, step, config, adversary)
+                save_train_state(state_dir, head, opt, gen, step, config, adversary,
+                                 before + time.perf_counter() - t0, history)
             workers.barrier()
     bar.close()
-    seconds = time.perf_counter() - t0
+    seconds = before + time.perf_counter() - t0  # the whole run's, over every resume
     metrics = {"val_top1": accs, "steps": step, "train_seconds": round(seconds, 1),
                "history": history}
     if adversary is not None:
@@ -247,21 +248,24 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
         recipe["train"].pop("adversary")
     if workers.main:
         save_head(head, out, config.head, recipe=recipe, metrics=metrics, tree=tree, registry=reg)
-        save_train_state(state_dir, head, opt, gen, step, config, adversary)
+        save_train_state(state_dir, head, opt, gen, step, config, adversary, seconds, history)
     workers.barrier()
     return metrics
 
 
 def save_train_state(folder: Path, head, opt, gen, step: int, config: TrainConfig,
-                     adversary: Adversary | None = None) -> None:
-    """Head + optimizer (+ discriminator) tensors in safetensors, the rest in JSON (no pickle)."""
+                     adversary: Adversary | None = None, seconds: float = 0.0,
+                     history: list[dict] | None = None) -> None:
+    """Head + optimizer (+ discriminator) tensors in safetensors, the rest in JSON (no pickle),
+    with the training seconds and validation history so far (a resumed run reports the whole run)."""
     from safetensors.torch import save_file
 
     tensors = {f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     tensors.update(optimizer_tensors(opt, "opt"))
     tensors["rng"] = gen.get_state()
     meta = {"step": step, "config": dataclasses.asdict(config),
-            "param_groups": opt.state_dict()["param_groups"]}
+            "param_groups": opt.state_dict()["param_groups"], "seconds": round(seconds, 1),
+            "history": history or []}
     if adversary is not None:
         tensors.update(adversary.state_tensors())
         meta["adversary"] = adversary.state_meta()
@@ -272,7 +276,10 @@ def save_train_state(folder: Path, head, opt, gen, step: int, config: TrainConfi
 
 
 def load_train_state(folder: Path, head, opt, gen, config: TrainConfig,
-                     adversary: Adversary | None = None) -> int:
+                     adversary: Adversary | None = None) -> tuple[int, float, list[dict]]:
+    """Restore a saved state into ``head``, ``opt``, ``gen`` (and the adversary); returns its
+    step, the training seconds spent so far and the validation history (states from before these
+    were kept: 0 and [])."""
     from safetensors.torch import load_file
 
     if not (folder / "state.json").is_file():
@@ -292,4 +299,4 @@ def load_train_state(folder: Path, head, opt, gen, config: TrainConfig,
     gen.set_state(tensors["rng"])
     if adversary is not None:
         adversary.load_state(tensors, meta.get("adversary", {}))
-    return int(meta["step"])
+    return int(meta["step"]), float(meta.get("seconds", 0.0)), list(meta.get("history", []))

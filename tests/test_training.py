@@ -146,6 +146,7 @@ def test_resume_continues_from_the_saved_step(prepared, registry, tmp_path):
     # an "interrupted" run: stop after 3 steps (its state is saved), then resume to 6
     train(target, data, tmp_path / "part", TrainConfig(steps=3, **base), registry=registry,
           progress=False)
+    spent = json.loads((tmp_path / "part" / "koala.json").read_text())["metrics"]["train_seconds"]
     train(target, data, tmp_path / "part", TrainConfig(steps=6, **base), resume=True,
           registry=registry, progress=False)
     a = load_head(tmp_path / "full", target, registry).state_dict()
@@ -154,6 +155,10 @@ def test_resume_continues_from_the_saved_step(prepared, registry, tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
     state = json.loads((tmp_path / "part.train-state" / "state.json").read_text())
     assert state["step"] == 6
+    # the checkpoint reports the whole run, not only the part after the resume
+    whole = json.loads((tmp_path / "part" / "koala.json").read_text())["metrics"]
+    assert [h["step"] for h in whole["history"]] == [3, 6]
+    assert whole["train_seconds"] >= spent and state["seconds"] == whole["train_seconds"]
 
 
 def test_checkpoint_errors_are_clear(prepared, registry, tmp_path):
