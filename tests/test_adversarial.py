@@ -234,6 +234,9 @@ def test_ablation_trains_every_configuration_and_reports(prepared, registry, tmp
     assert all(r["draft_ms_per_step"] > 0 for r in doc["rows"])  # each trained head drafted
     for f in ("ablation.json", "ablation.md", "ablation.png", "bench/results.json"):
         assert (tmp_path / "abl" / f).is_file(), f
+    meta = json.loads((tmp_path / "abl/bench/results.json").read_text())["meta"]
+    assert (meta["n_prompts"], meta["max_new_tokens"], meta["kernels"]) == (2, 6, target.kernels)
+    assert "2 prompts x 6 new tokens" in (tmp_path / "abl/bench/results.md").read_text()
     # rerunning trains nothing again
     mtime = (tmp_path / "abl/checkpoints/eagle-k2-koala/model.safetensors").stat().st_mtime
     run_ablation(target, data, tmp_path / "abl", config, prompts, GenerationConfig(max_new_tokens=6),
