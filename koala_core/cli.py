@@ -394,7 +394,8 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
     tree_spec = recipe_tree
     opts = _parse_options(tree_options, "--tree-option")
     if tree or opts:
-        name, base = (tree, {}) if tree else _tree_to_amend(recipe_tree, "the recipe" if recipe else "this command")
+        name, base = (tree, {}) if tree else _tree_to_amend(
+            recipe_tree, "the recipe" if recipe else "this command")
         opts = {**base, **opts}
         policy = default_registry().create("tree_policies", name, opts)  # validate before training
         tree_spec = (name, {k: getattr(policy.config, k) for k in opts})  # typed, as recipes hold them

@@ -278,8 +278,8 @@ def save_train_state(folder: Path, head, opt, gen, step: int, config: TrainConfi
 def load_train_state(folder: Path, head, opt, gen, config: TrainConfig,
                      adversary: Adversary | None = None) -> tuple[int, float, list[dict]]:
     """Restore a saved state into ``head``, ``opt``, ``gen`` (and the adversary); returns its
-    step, the training seconds spent so far and the validation history (states from before these
-    were kept: 0 and [])."""
+    step, the training seconds spent so far and the validation history (0 and [] for a state
+    saved before koala recorded them)."""
     from safetensors.torch import load_file
 
     if not (folder / "state.json").is_file():
