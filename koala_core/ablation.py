@@ -176,7 +176,7 @@ def run_ablation(target, data, out: str | Path, config: AblationConfig, prompts:
     results["meta"] = bench_meta(target, label, prompts, gen_config)
     write_report(results, out / "bench")
     table = ablation_rows(results, runs, where)
-    doc = {"config": asdict(config), "rows": table, "bench": results.get("meta", {})}
+    doc = {"config": asdict(config), "rows": table, "bench": results["meta"]}
     (out / "ablation.json").write_text(json.dumps(doc, indent=2))
     (out / "ablation.md").write_text(markdown(table, gen_config, len(prompts)))
     plot(table, out / "ablation.png")

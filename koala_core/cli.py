@@ -391,12 +391,10 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
         config = dataclasses.replace(config, init=init)
     from .registry import default_registry
 
-    tree_spec = recipe_tree
     opts = _parse_options(tree_options, "--tree-option")
+    tree_spec = _tree_choice(tree, opts, recipe_tree, "the recipe" if recipe else "this command")
     if tree or opts:
-        name, base = (tree, {}) if tree else _tree_to_amend(
-            recipe_tree, "the recipe" if recipe else "this command")
-        opts = {**base, **opts}
+        name, opts = tree_spec
         policy = default_registry().create("tree_policies", name, opts)  # validate before training
         tree_spec = (name, {k: getattr(policy.config, k) for k in opts})  # typed, as recipes hold them
     from .distributed import workers as join_workers
@@ -655,25 +653,25 @@ def ablate(ctx, data, out, families, layers, only, head_options, tree, tree_opti
     click.echo(open(f"{out}/ablation.md").read())
 
 
-def _tree_to_amend(spec: tuple[str, dict] | None, source: str) -> tuple[str, dict]:
-    """The tree that --tree-option without --tree amends (the recipe's or the budget's)."""
-    if not spec:
+def _tree_choice(tree: str | None, options: dict, fallback: tuple[str, dict] | None,
+                 source: str) -> tuple[str, dict] | None:
+    """--tree with its --tree-option's; else ``fallback`` (a recipe's tree, or None: the head's
+    default), which --tree-option alone amends."""
+    if tree:
+        return tree, options
+    if not options:
+        return fallback
+    if not fallback:
         raise ConfigError(f"--tree-option needs --tree (no tree in {source} to apply it to)")
-    return spec[0], dict(spec[1])
+    return fallback[0], {**fallback[1], **options}
 
 
 def _ablation_tree(tree: str | None, options: dict, budget: str | None) -> tuple[str, dict] | None:
-    """koala ablate's tree: --tree with its options, else the --budget recipe's, amended by any
-    --tree-option (None: each head's own default)."""
+    """koala ablate's tree: --tree, else the --budget recipe's (None: each head's own default)."""
     from .ablation import budget_tree
 
-    if tree:
-        return tree, options
-    spec = budget_tree(budget) if budget else None
-    if not options:
-        return spec
-    name, base = _tree_to_amend(spec, "--budget's recipe" if budget else "this command")
-    return name, {**base, **options}
+    return _tree_choice(tree, options, budget_tree(budget) if budget else None,
+                        "--budget's recipe" if budget else "this command")
 
 
 @main.command("export")
