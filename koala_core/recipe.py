@@ -9,6 +9,7 @@ without any change here, and a typo fails before a model loads.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,7 +199,8 @@ class Recipe:
 
 
 def load_recipe(path: str | Path, registry=None) -> Recipe:
-    """Read and validate a recipe file; a relative checkpoint is resolved against its folder."""
+    """Read and validate a recipe file; a checkpoint path may start with ``~`` or name environment
+    variables (``$KOALA_CACHE/runs/x``), and a relative one is resolved against the recipe's folder."""
     from .registry import default_registry
 
     path = Path(path)
@@ -209,8 +211,15 @@ def load_recipe(path: str | Path, registry=None) -> Recipe:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     recipe = Recipe.from_dict(doc, where=str(path)).validate(registry or default_registry())
-    if recipe.checkpoint and not Path(recipe.checkpoint).is_absolute():
-        recipe = dataclasses.replace(recipe, checkpoint=str((path.parent / recipe.checkpoint).resolve()))
+    if recipe.checkpoint:
+        expanded = os.path.expandvars(recipe.checkpoint)
+        if "$" in expanded:
+            raise ConfigError(f"{path}: checkpoint {recipe.checkpoint!r} names an environment "
+                              f"variable that is not set")
+        where = Path(expanded).expanduser()
+        if not where.is_absolute():
+            where = (path.parent / where).resolve()
+        recipe = dataclasses.replace(recipe, checkpoint=str(where))
     return recipe
 
 

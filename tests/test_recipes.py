@@ -104,6 +104,24 @@ def test_bad_recipe_files_are_clear(tmp_path):
         load_recipe(bad)
     with pytest.raises(ConfigError, match="no recipe file"):
         load_recipe(tmp_path / "missing.toml")
+    bad.write_text('checkpoint = "$KOALA_TEST_UNSET_VAR/runs/x"\n[head]\nname = "eagle"\n')
+    with pytest.raises(ConfigError, match="environment variable that is not set"):
+        load_recipe(bad)
+
+
+def test_recipe_checkpoint_paths_expand_home_and_variables(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    recipe = tmp_path / "sub" / "r.toml"
+    recipe.parent.mkdir()
+    monkeypatch.setenv("KOALA_TEST_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for written, want in (("$KOALA_TEST_RUNS/a", tmp_path / "runs" / "a"),
+                          ("~/b", tmp_path / "home" / "b"),
+                          ("../c", tmp_path / "c"),  # relative: against the recipe's folder
+                          (str(tmp_path / "d"), tmp_path / "d")):
+        recipe.write_text(f'checkpoint = "{written}"\n[head]\nname = "eagle"\n')
+        assert Path(load_recipe(recipe).checkpoint) == want.resolve(), written
 
 
 def test_shipped_recipes_load_and_point_at_their_checkpoints():
