@@ -43,7 +43,7 @@ class AblationConfig:
 
     def runs(self, registry) -> list[tuple[str, TrainConfig, tuple]]:
         """(name, training config, inference tree) of every configuration, in a fixed order."""
-        from .config import describe_options
+        from .config import coerce_options, config_class, describe_options
         from .heads import NeuralHead
 
         trainable = [n for n in registry.names("heads")
@@ -58,7 +58,8 @@ class AblationConfig:
             own = {o["name"] for o in describe_options(cls)}
             if "layers" not in own:
                 raise ConfigError(f"ablation: head {family!r} has no 'layers' option (K)")
-            options = {k: v for k, v in self.head_options.items() if k in own}
+            options = coerce_options(config_class(cls), {k: v for k, v in self.head_options.items()
+                                                         if k in own}, f"head {family!r}")
             tree = self.tree or cls.default_tree
             for k in self.layers:
                 for adv in (False, True):

@@ -84,17 +84,22 @@ def draft_vocabulary(split: dict[str, torch.Tensor], size: int, vocab: int) -> t
     return torch.topk(counts, size).indices.sort().values
 
 
-def data_summary(folders: list[Path]) -> dict:
-    """Tokens, prepare settings and a hash of the prepared set(s) a head was trained on."""
-    manifests = [json.loads((f / "manifest.json").read_text()) for f in folders]
+def sets_hash(manifests: list[dict]) -> str:
+    """What identifies the data of a training run: each set's shard list and prepare settings."""
     digest = hashlib.sha256()
     for m in manifests:
         digest.update(json.dumps(m["shards"]).encode() + json.dumps(m["config"], sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def data_summary(folders: list[Path]) -> dict:
+    """Tokens, prepare settings and a hash of the prepared set(s) a head was trained on."""
+    manifests = [json.loads((f / "manifest.json").read_text()) for f in folders]
     if len(manifests) == 1:
         m = manifests[0]
-        return {"tokens": m["tokens"], "prepare": m["config"], "hash": digest.hexdigest()[:16]}
+        return {"tokens": m["tokens"], "prepare": m["config"], "hash": sets_hash(manifests)}
     return {"tokens": {s: sum(m["tokens"][s] for m in manifests) for s in ("train", "val")},
-            "prepare": [m["config"] for m in manifests], "hash": digest.hexdigest()[:16],
+            "prepare": [m["config"] for m in manifests], "hash": sets_hash(manifests),
             "sets": [f.name for f in folders]}
 
 

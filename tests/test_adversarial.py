@@ -258,9 +258,11 @@ def test_ablation_reuses_a_baseline_only_if_it_is_that_configuration(prepared, r
     config = AblationConfig(families=("medusa",), layers=(1,), train=schedule,
                             adversary=AdversaryConfig(discriminator="logit-mlp", adv_warmup=1,
                                                       d_positions=16),
-                            head_options={"draft_vocab": 64})
+                            head_options={"draft_vocab": "64"})  # as the CLI gives it
     (name, cfg, tree), _ = config.runs(registry)
-    assert name == "medusa-k1-sup"
+    assert name == "medusa-k1-sup" and cfg.head_options["draft_vocab"] == 64  # typed: comparable
+    with pytest.raises(ConfigError, match="draft_vocab"):
+        replace(config, head_options={"draft_vocab": "many"}).runs(registry)
     train(target, data, tmp_path / "shipped", cfg, registry=registry, progress=False)
     prompts = [{"prompt": "hello there"}]
     doc = run_ablation(target, data, tmp_path / "abl", replace(config, baselines={name: str(tmp_path / "shipped")}),
