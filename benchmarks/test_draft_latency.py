@@ -2,7 +2,8 @@
 step follows an (untimed) target forward, so the head's weights are as cold as in real decoding.
 
 Heads are freshly initialised (latency depends on the architecture, not on the weights) and draft
-the tree their shipped checkpoint uses (eagle: static tiny, hydra / medusa: dynamic 3/3/8).
+the tree their shipped checkpoint uses (eagle: static tiny; hydra / medusa: dynamic 3/3/8, the size
+their `auto` trees average), with the copy proposals (copy=3) every shipped head drafts with.
     python -m pytest benchmarks/test_draft_latency.py --benchmark-only
 """
 
@@ -15,9 +16,9 @@ from koala_core.prompts import encode_prompt
 from koala_core.registry import default_registry
 from koala_core.sampling import Sampling
 
-TREES = {"medusa": ("dynamic", {"depth": 3, "top_k": 3, "nodes": 8}),
-         "hydra": ("dynamic", {"depth": 3, "top_k": 3, "nodes": 8}),
-         "eagle": ("static", {"preset": "tiny"})}
+TREES = {"medusa": ("dynamic", {"depth": 3, "top_k": 3, "nodes": 8, "copy": 3}),
+         "hydra": ("dynamic", {"depth": 3, "top_k": 3, "nodes": 8, "copy": 3}),
+         "eagle": ("static", {"preset": "tiny", "copy": 3})}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
 
 

@@ -23,6 +23,34 @@ def test_merge_ranks_the_copy_in_and_keeps_the_width():
     assert cand.tokens[0].tolist() == [10, 11]  # the head's candidates are not edited in place
 
 
+def test_suffix_index_answers_as_the_scan_does():
+    """The incremental index behind copy proposals gives what a scan of the whole sequence gives:
+    for contexts that grow step by step and switch, paths of any length, and n-gram ranges."""
+    import random
+
+    from koala_core.ngrams import SuffixIndex, longest_match
+
+    rng = random.Random(0)
+    for max_n, min_n in ((5, 3), (5, 1), (2, 2)):
+        index = SuffixIndex(max_n, min_n)
+        context: list[int] = []
+        for step in range(150):
+            if step % 50 == 0:
+                context = []  # another generation: the index starts over
+            context = context + [rng.randrange(6) for _ in range(rng.randrange(0, 4))]
+            index.sync(context)
+            for _ in range(3):
+                path = [rng.randrange(6) for _ in range(rng.randrange(1, 6))]
+                seq = torch.tensor(context + path, dtype=torch.long)
+                want = longest_match(seq, max_n, min_n)
+                got = index.longest_match(path)
+                assert got[0] == want[0], (context, path)
+                assert [t for t, _ in got[1]] == [t for t, _ in want[1]]
+                assert [s for _, s in got[1]] == pytest.approx([s for _, s in want[1]])
+    with pytest.raises(ValueError):
+        SuffixIndex(2, 3)
+
+
 class Fixed(DraftHead):
     """Always proposes tokens 90, 91, ... with falling probabilities (a head that never copies)."""
 

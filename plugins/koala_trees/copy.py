@@ -15,13 +15,14 @@ would outrank a confident head on every common phrase.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 from koala_core.errors import ConfigError
 from koala_core.interfaces import Candidates, DraftContext, DraftHead, TreePolicy
-from koala_core.ngrams import longest_match
+from koala_core.ngrams import SuffixIndex
 from koala_core.tree import Tree
 
 # How often the target's next token is what followed the earlier occurrence(s) of the last n tokens,
@@ -50,19 +51,17 @@ class WithCopies:
     """The head as a tree policy sees it with ``copy=N``: its proposals merged with lookup's."""
 
     def __init__(self, ngram: int) -> None:
-        self.ngram = ngram
         self.head: DraftHead | None = None
-        self.context = torch.empty(0, dtype=torch.long)
+        self.index = SuffixIndex(max(LONGEST, ngram), ngram)  # grows with the context, step by step
 
     def wrap(self, head: DraftHead, ctx: DraftContext) -> "WithCopies":
         self.head = head
-        self.context = torch.tensor(ctx.tokens[:-1], dtype=torch.long)  # the root comes from paths
+        self.index.sync(ctx.tokens[:-1])  # the root comes from the paths
         return self
 
     def copy_of(self, tree: Tree, node: int) -> tuple[int, float] | None:
         """(token, probability) of the copy proposal after ``node``, or None."""
-        seq = torch.cat([self.context, torch.tensor(tree.path_tokens(node), dtype=torch.long)])
-        n, found = longest_match(seq, max(LONGEST, self.ngram), self.ngram)
+        n, found = self.index.longest_match(tree.path_tokens(node))
         if not found:
             return None
         token, share = found[0]
@@ -76,22 +75,27 @@ def merge(cand: Candidates, copies: list[tuple[int, float] | None]) -> Candidate
     """Each row's candidates with its copy proposal (token, probability) ranked in: a token both
     propose keeps the higher probability; a new one takes the last place if it is more probable
     than what holds it. Rows stay sorted by probability, width unchanged."""
+    if all(found is None for found in copies):
+        return cand
     tokens, logprobs = cand.tokens.clone(), cand.logprobs.clone()
+    rows_t, rows_lp = tokens.tolist(), logprobs.tolist()  # small rows: Python, one read
     for row, found in enumerate(copies):
         if found is None:
             continue
         token, p = found
-        lp = float(torch.log(torch.tensor(p)))
-        same = (tokens[row] == token).nonzero().flatten()
-        if same.numel():
-            j = int(same[0])
-            logprobs[row, j] = max(float(logprobs[row, j]), lp)
-        elif lp > float(logprobs[row, -1]):
-            tokens[row, -1], logprobs[row, -1] = token, lp
+        lp = math.log(p)
+        t, l = rows_t[row], rows_lp[row]
+        if token in t:
+            j = t.index(token)
+            l[j] = max(l[j], lp)
+        elif lp > l[-1]:
+            t[-1], l[-1] = token, lp
         else:
             continue
-        order = torch.argsort(logprobs[row], descending=True, stable=True)
-        tokens[row], logprobs[row] = tokens[row][order], logprobs[row][order]
+        order = sorted(range(len(t)), key=lambda i: -l[i])  # stable: ties keep their order
+        tokens[row] = torch.tensor([t[i] for i in order], dtype=tokens.dtype, device=tokens.device)
+        logprobs[row] = torch.tensor([l[i] for i in order], dtype=logprobs.dtype,
+                                     device=logprobs.device)
     return Candidates(tokens, logprobs)
 
 
