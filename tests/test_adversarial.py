@@ -310,7 +310,9 @@ def test_ablate_budget_takes_the_schedule_from_a_recipe(tmp_path):
     for key in ("steps", "batch_size", "window", "lr", "warmup", "seed", "precision"):
         assert getattr(schedule, key) == getattr(shipped, key), key
     assert schedule.head == "" and not schedule.adversary.enabled
-    assert budget_tree(recipe) == ("static", {"preset": "tiny"})  # every head drafts the shipped tree
+    shipped_tree = load_recipe(recipe).tree
+    assert shipped_tree.name == "static" and shipped_tree.options["preset"] == "tiny"
+    assert budget_tree(recipe) == ("static", dict(shipped_tree.options))  # every head drafts it
     result = CliRunner().invoke(main, ["ablate", "--data", str(tmp_path), "--budget", str(recipe),
                                        "--steps", "5"])
     assert result.exit_code != 0 and "drop --budget" in result.output
@@ -324,9 +326,12 @@ def test_ablate_tree_options_amend_the_budget_tree_or_fail():
     from koala_core.cli import _ablation_tree
     from koala_core.errors import ConfigError
 
+    from koala_core.recipe import load_recipe
+
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "eagle-k1.toml"
-    assert _ablation_tree(None, {}, str(recipe)) == ("static", {"preset": "tiny"})
-    assert _ablation_tree(None, {"preset": "small"}, str(recipe)) == ("static", {"preset": "small"})
+    shipped = dict(load_recipe(recipe).tree.options)  # static tiny (+ copy proposals)
+    assert _ablation_tree(None, {}, str(recipe)) == ("static", shipped)
+    assert _ablation_tree(None, {"preset": "small"}, str(recipe)) == ("static", {**shipped, "preset": "small"})
     assert _ablation_tree("chain", {"depth": "3"}, str(recipe)) == ("chain", {"depth": "3"})
     assert _ablation_tree(None, {}, None) is None  # each head's own default tree
     with pytest.raises(ConfigError, match="--tree-option needs --tree"):
