@@ -73,9 +73,9 @@ def main(argv=None) -> int:
     *first, last = manifests
     # the hash covers each set's shard list and prepare settings (as recorded then: settings added
     # to `koala prepare` since are absent there); the sets but the last are taken whole
+    whole = [{"shards": m["shards"], "config": c} for m, c in zip(first, configs)]
     for n in range(1, len(last["shards"]) + 1):
-        views = [{"shards": m["shards"], "config": c} for m, c in zip(first, configs)]
-        views.append({"shards": last["shards"][:n], "config": configs[-1]})
+        views = whole + [{"shards": last["shards"][:n], "config": configs[-1]}]
         if sets_hash(views) == want:
             break
     else:

@@ -61,7 +61,7 @@ class SuffixIndex:
         for f in range(have, len(tokens)):  # the token at f follows the n-grams ending before it
             for n in range(self.min_ngram, min(self.max_ngram, f) + 1):
                 self.followers.setdefault(tuple(tokens[f - n:f]), []).append(tokens[f])
-        self.tokens = list(tokens)
+        self.tokens.extend(tokens[have:])
 
     def longest_match(self, path: list[int]) -> tuple[int, list[tuple[int, float]]]:
         """:func:`longest_match` of the indexed tokens followed by ``path``."""
