@@ -170,11 +170,15 @@ class EagleHead(NeuralHead):
         m = len(nodes)
         old = torch.zeros(m, used, dtype=torch.bool, device=dev)
         old[:, : self.committed] = True
+        rows, slots = [], []  # ancestor rows (the root has none: its prediction came from begin)
         for r, n in enumerate(nodes):
             p = tree.parents[n]
-            while p > 0:  # ancestor rows (the root has none: its prediction came from begin)
-                old[r, self.slot[p]] = True
+            while p > 0:
+                rows.append(r)
+                slots.append(self.slot[p])
                 p = tree.parents[p]
+        if rows:  # one indexed write instead of one per ancestor
+            old[torch.tensor(rows, device=dev), torch.tensor(slots, device=dev)] = True
         feats = torch.stack([self.pred[tree.parents[n]] for n in nodes])[None]
         ids = torch.tensor([tree.tokens[n] for n in nodes], device=dev)[None]
         pos = torch.tensor([self.root_pos + tree.depths[n] - 1 for n in nodes], device=dev)[None]

@@ -77,8 +77,7 @@ def merge(cand: Candidates, copies: list[tuple[int, float] | None]) -> Candidate
     than what holds it. Rows stay sorted by probability, width unchanged."""
     if all(found is None for found in copies):
         return cand
-    tokens, logprobs = cand.tokens.clone(), cand.logprobs.clone()
-    rows_t, rows_lp = tokens.tolist(), logprobs.tolist()  # small rows: Python, one read
+    rows_t, rows_lp = cand.tokens.tolist(), cand.logprobs.tolist()  # small rows: Python, one read
     for row, found in enumerate(copies):
         if found is None:
             continue
@@ -93,10 +92,9 @@ def merge(cand: Candidates, copies: list[tuple[int, float] | None]) -> Candidate
         else:
             continue
         order = sorted(range(len(t)), key=lambda i: -l[i])  # stable: ties keep their order
-        tokens[row] = torch.tensor([t[i] for i in order], dtype=tokens.dtype, device=tokens.device)
-        logprobs[row] = torch.tensor([l[i] for i in order], dtype=logprobs.dtype,
-                                     device=logprobs.device)
-    return Candidates(tokens, logprobs)
+        rows_t[row], rows_lp[row] = [t[i] for i in order], [l[i] for i in order]
+    return Candidates(torch.tensor(rows_t, dtype=cand.tokens.dtype, device=cand.tokens.device),
+                      torch.tensor(rows_lp, dtype=cand.logprobs.dtype, device=cand.logprobs.device))
 
 
 class CopyingPolicy(TreePolicy):

@@ -24,11 +24,11 @@ PRESETS: dict[str, tuple[tuple[int, ...], ...]] = {
 def add_children(tree: Tree, parents: list[int], cand) -> list[int]:
     """Add every proposal of ``cand`` (one row per parent) to ``tree``; returns the new nodes."""
     born = []
-    for row, parent in enumerate(parents):
-        for j in range(cand.tokens.shape[1]):
-            token = int(cand.tokens[row, j])
+    tokens, logprobs = cand.tokens.tolist(), cand.logprobs.tolist()  # one read, not one per entry
+    for parent, row_tokens, row_logprobs in zip(parents, tokens, logprobs):
+        for token, logprob in zip(row_tokens, row_logprobs):
             if token >= 0:
-                born.append(tree.add(parent, token, float(cand.logprobs[row, j])))
+                born.append(tree.add(parent, token, logprob))
     return born
 
 
@@ -111,14 +111,15 @@ class StaticPolicy(CopyingPolicy):
                 break
             k = max(p[-1] for p in wanted) + 1
             cand = head.expand(tree, [node_of[p] for p in parents], k)
+            tokens, logprobs = cand.tokens.tolist(), cand.logprobs.tolist()
             row = {p: i for i, p in enumerate(parents)}
             for p in wanted:
                 if len(tree) - 1 >= ctx.budget.max_nodes:
                     return tree
-                token = int(cand.tokens[row[p[:-1]], p[-1]])
+                r = row[p[:-1]]
+                token = tokens[r][p[-1]]
                 if token >= 0:
-                    node_of[p] = tree.add(node_of[p[:-1]], token,
-                                          float(cand.logprobs[row[p[:-1]], p[-1]]))
+                    node_of[p] = tree.add(node_of[p[:-1]], token, logprobs[r][p[-1]])
         return tree
 
 
