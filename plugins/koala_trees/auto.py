@@ -142,6 +142,8 @@ class AutoPolicy(CopyingPolicy):
         self.step = 0
         self.counts = {"steps": 0, "drafted_steps": 0, "shadow_steps": 0, "plain_steps": 0,
                        "switched_off": 0, "nodes": 0}
+        self.forecast = 1.0  # tokens the chosen tree was expected to yield (1 + its path probabilities)
+        self.tally = [0.0, 0.0]  # over verified trees: forecast tokens, tokens they yielded
 
     # -- the model of this machine and this head -----------------------------------------------
     def acceptance(self, depth: int, p: float) -> float:
@@ -258,6 +260,7 @@ class AutoPolicy(CopyingPolicy):
             if rate > best_rate:
                 best_n, best_rate = n, rate
         kept = set(ranked[:best_n])
+        self.forecast = 1.0 + sum(path_p[i] for i in kept)
         self.unverified = [(tree.tokens[i], math.exp(tree.scores[i])) for i in range(1, len(tree))
                            if tree.parents[i] == 0 and i not in kept]
         return tree.keep(ranked[:best_n])
@@ -322,6 +325,8 @@ class AutoPolicy(CopyingPolicy):
             return
         self.counts["drafted_steps"] += 1
         self.counts["nodes"] += n - 1
+        self.tally[0] += self.forecast
+        self.tally[1] += len(path)
         accepted = set(path)
         for i in range(1, n):
             parent = tree.parents[i]
@@ -337,6 +342,9 @@ class AutoPolicy(CopyingPolicy):
                 "drafting_share": round(c["drafted_steps"] / max(c["steps"], 1), 3),
                 "shadow_share": round(c["shadow_steps"] / max(c["steps"], 1), 3),
                 "mean_nodes": round(c["nodes"] / drafted, 2), "switched_off": c["switched_off"],
+                # tokens per verified tree: what the calibration forecast against what came
+                "forecast_tau": round(self.tally[0] / drafted, 3),
+                "tau_of_trees": round(self.tally[1] / drafted, 3),
                 "recent_gain": None if self.gain() is None else round(self.gain(), 3),
                 "verify_ms": {n: round(1e3 * e.value, 1) for n, e in sorted(self.verify.items())},
                 "draft_ms": None if self.draft.value is None else round(1e3 * self.draft.value, 1)}
