@@ -182,6 +182,7 @@ def run_bench(methods: list[Method], target, prompts: list[dict], config, repeat
     for m, row in zip(methods, results["methods"]):  # what an adaptive tree policy chose
         policy = getattr(m.engine, "tree_policy", None)
         row["tree"] = policy.summary() if hasattr(policy, "summary") else None
+    results["per_prompt"] = per_prompt(methods, runs, prompts)
     cats = sorted({p.get("category") or "" for p in prompts})
     if len(cats) > 1:
         results["by_category"] = {}
@@ -192,6 +193,24 @@ def run_bench(methods: list[Method], target, prompts: list[dict], config, repeat
                           lossy[m.name], exact)
                 for m in methods]
     return results
+
+
+def per_prompt(methods: list[Method], runs: dict[str, list[MethodRun]], prompts: list[dict]) -> list[dict]:
+    """Every run of every prompt: its speedup over vanilla's run of the same prompt and repeat,
+    and tau, per method (for spreads, pooling several prompt files, or a per-prompt look)."""
+    rows = []
+    for i, b in enumerate(runs["vanilla"]):
+        p = prompts[i % len(prompts)]
+        per_token = b.seconds / max(len(b.tokens), 1)
+        row = {"id": p.get("id"), "category": p.get("category") or "", "repeat": i // len(prompts),
+               "speedup": {}, "tau": {}}
+        for m in methods:
+            r = runs[m.name][i]
+            row["speedup"][m.name] = round(per_token / (r.seconds / max(len(r.tokens), 1)), 4)
+            row["tau"][m.name] = (round(r.decode_tokens / max(r.forwards, 1), 4)
+                                  if r.forwards is not None else None)
+        rows.append(row)
+    return rows
 
 
 def write_report(results: dict, out: str | Path) -> None:

@@ -32,6 +32,12 @@ def test_bench_results_have_every_field(tmp_path, registry):
     assert by_name["hf-lookup"]["tau"] is None
     assert 0 <= by_name["lookup"]["overhead_share"] < 1 and by_name["hf-lookup"]["overhead_share"] is None
     assert set(saved["by_category"]) == {"x", "y"}
+    rows = saved["per_prompt"]  # every prompt's own figures, the summaries' source
+    assert [(r["id"], r["category"]) for r in rows] == [(p.get("id"), p["category"]) for p in prompts]
+    assert all(r["speedup"]["vanilla"] == 1.0 and r["tau"]["hf-lookup"] is None for r in rows)
+    import statistics
+    assert abs(statistics.median(r["speedup"]["lookup"] for r in rows)
+               - by_name["lookup"]["speedup"]["median"]) < 1e-3
     report = (tmp_path / "out" / "results.md").read_text()
     assert report.count("|") > 10
     pivot = report[report.index("## Median speedup (tau) per category"):].splitlines()
