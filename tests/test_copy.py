@@ -71,6 +71,16 @@ def test_every_policy_tries_what_the_context_repeats(registry, policy):
 
 
 @pytest.mark.parametrize("policy", POLICIES)
+def test_copy_n_sets_the_shortest_match(registry, policy):
+    # "... 5 8 ... 5": only the 1-token suffix 5 occurred before (followed by 8)
+    ctx = DraftContext([1, 5, 8, 2, 3, 5], None, TreeBudget(16, 4))
+    first = lambda tree: {tree.tokens[i] for i in range(1, len(tree)) if tree.parents[i] == 0}
+    built = {n: registry.create("tree_policies", policy, {"copy": n}).build(Fixed(), ctx)
+             for n in (1, 2)}
+    assert 8 in first(built[1]) and 8 not in first(built[2])
+
+
+@pytest.mark.parametrize("policy", POLICIES)
 def test_copying_changes_no_output(registry, policy):
     target = tiny_target()
     head = registry.create("heads", "eagle", {"draft_vocab": 64}, target=target)
