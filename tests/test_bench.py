@@ -1,6 +1,7 @@
 """`koala bench` on a tiny model: every field present, lossless methods identical to vanilla."""
 
 import json
+import statistics
 
 from conftest import tiny_target
 from koala_core.bench import Method, load_prompts, run_bench, write_report
@@ -35,7 +36,6 @@ def test_bench_results_have_every_field(tmp_path, registry):
     rows = saved["per_prompt"]  # every prompt's own figures, the summaries' source
     assert [(r["id"], r["category"]) for r in rows] == [(p.get("id"), p["category"]) for p in prompts]
     assert all(r["speedup"]["vanilla"] == 1.0 and r["tau"]["hf-lookup"] is None for r in rows)
-    import statistics
     assert abs(statistics.median(r["speedup"]["lookup"] for r in rows)
                - by_name["lookup"]["speedup"]["median"]) < 1e-3
     report = (tmp_path / "out" / "results.md").read_text()
