@@ -12,12 +12,10 @@ import time
 
 import torch
 
+from draft_step import second_draft_step
 from koala_core.checkpoint import load_head
-from koala_core.interfaces import DraftContext, TreeBudget
 from koala_core.model import load_target
-from koala_core.prompts import encode_prompt
 from koala_core.registry import default_registry
-from koala_core.sampling import Sampling
 
 PROMPT = "Explain how a bicycle stays upright, in detail, for a child."
 
@@ -47,25 +45,13 @@ def main() -> None:
             return out
         setattr(head, name, wrapper)
 
-    budget, sampling = TreeBudget(max_nodes=64, max_depth=8), Sampling()
-    tokens = encode_prompt(target.tokenizer, PROMPT)
+    ctx, target_step = second_draft_step(target, head, policy, PROMPT)
     steps, per_call = [], {}
+    for name in ("begin", "expand"):
+        timed(name)
     with torch.inference_mode():
-        cache = target.new_cache()
-        hidden = target.forward(torch.tensor(tokens), cache)
-        tokens = tokens + [int(target.logits(hidden[-1:]).argmax())]
-        ctx = DraftContext(tokens, hidden, budget, sampling, 0)
-        head.begin(ctx)
-        policy.build(head, ctx)
-        hidden = target.forward(torch.tensor(tokens[-1:]), cache)
-        tokens = tokens + [int(target.logits(hidden).argmax())]
-        ctx = DraftContext(tokens, hidden, budget, sampling, 1)
-        past = target.cache_length(cache)
-        for name in ("begin", "expand"):
-            timed(name)
         for _ in range(args.repeats):
-            target.logits(target.forward(torch.tensor(tokens[-1:]), cache))  # untimed, as in decoding
-            target.keep(cache, past, [])
+            target_step()  # untimed, as in decoding
             calls.clear()
             t = time.perf_counter()
             head.begin(ctx)

@@ -10,11 +10,9 @@ their `auto` trees average), with the copy proposals (copy=3) every shipped head
 import pytest
 import torch
 
+from draft_step import second_draft_step
 from koala_core import kernels
-from koala_core.interfaces import DraftContext, TreeBudget
-from koala_core.prompts import encode_prompt
 from koala_core.registry import default_registry
-from koala_core.sampling import Sampling
 
 TREES = {"medusa": ("dynamic", {"depth": 3, "top_k": 3, "nodes": 8, "copy": 3}),
          "hydra": ("dynamic", {"depth": 3, "top_k": 3, "nodes": 8, "copy": 3}),
@@ -34,24 +32,8 @@ def test_draft_step_latency(benchmark, bench_target, family, layers, dtype):
     head = reg.create("heads", family, options, target=target).to(target.device)
     head.prepare_drafting(DTYPES[dtype])
     policy = reg.create("tree_policies", *TREES[family])
-    budget, sampling = TreeBudget(max_nodes=64, max_depth=8), Sampling()
-    tokens = encode_prompt(target.tokenizer, "Explain how a bicycle stays upright.")
-    with torch.inference_mode():
-        cache = target.new_cache()
-        hidden = target.forward(torch.tensor(tokens), cache)
-        tokens = tokens + [int(target.logits(hidden[-1:]).argmax())]
-        ctx = DraftContext(tokens, hidden, budget, sampling, 0)
-        head.begin(ctx)
-        policy.build(head, ctx)
-        hidden = target.forward(torch.tensor(tokens[-1:]), cache)  # one plain step
-        tokens = tokens + [int(target.logits(hidden).argmax())]
-        ctx = DraftContext(tokens, hidden, budget, sampling, 1)
-        past = target.cache_length(cache)
-
-    def target_step():  # untimed: what runs between two draft steps in the engine
-        with torch.inference_mode():
-            target.logits(target.forward(torch.tensor(tokens[-1:]), cache))
-            target.keep(cache, past, [])
+    # untimed before each timing: the target's forward that runs between two draft steps
+    ctx, target_step = second_draft_step(target, head, policy, "Explain how a bicycle stays upright.")
 
     def draft():
         with torch.inference_mode():
