@@ -1,6 +1,8 @@
 """Copy proposals (``copy=N`` on every built-in tree policy): prompt lookup's guesses ranked in with
 the head's, outputs unchanged."""
 
+import math
+
 import pytest
 import torch
 
@@ -49,6 +51,37 @@ def test_suffix_index_answers_as_the_scan_does():
                 assert [s for _, s in got[1]] == pytest.approx([s for _, s in want[1]])
     with pytest.raises(ValueError):
         SuffixIndex(2, 3)
+
+
+def test_lookup_head_proposes_what_the_scan_finds(registry):
+    """The ``lookup`` head drafts from the incremental index: per node, the followers of the
+    longest suffix n-gram of context + path, as a scan of the whole sequence ranks them, through
+    contexts that grow step by step and a new generation's context."""
+    import random
+
+    from koala_core.ngrams import continuations
+    from koala_core.tree import Tree
+
+    rng = random.Random(1)
+    head = registry.create("heads", "lookup", {"max_ngram": 3, "min_ngram": 1})
+    context: list[int] = []
+    for step in range(60):
+        if step == 30:
+            context = []  # another generation
+        context = context + [rng.randrange(5) for _ in range(rng.randrange(1, 4))]
+        head.begin(DraftContext(context, torch.zeros(1, 4), TreeBudget(8, 4), step=step))
+        tree = Tree(context[-1])
+        node = tree.add(0, rng.randrange(5), -1.0)
+        tree.add(node, rng.randrange(5), -2.0)
+        nodes = list(range(len(tree)))
+        cand = head.expand(tree, nodes, 2)
+        for row, n in enumerate(nodes):
+            seq = torch.tensor(context[:-1] + tree.path_tokens(n), dtype=torch.long)
+            want = continuations(seq, 3, 1)[:2]
+            got = [(t, lp) for t, lp in zip(cand.tokens[row].tolist(), cand.logprobs[row].tolist())
+                   if t >= 0]
+            assert [t for t, _ in got] == [t for t, _ in want], (context, n)
+            assert [lp for _, lp in got] == pytest.approx([math.log(p) for _, p in want])
 
 
 class Fixed(DraftHead):

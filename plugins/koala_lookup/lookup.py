@@ -3,17 +3,20 @@
 Needs no training and no hidden states. For a node, the context is every token so far plus the
 node's path; the longest suffix n-gram (``max_ngram`` down to ``min_ngram``) that occurred before
 gives the candidates: the tokens that followed its occurrences, ranked by count, then recency.
+The context's n-grams are indexed as it grows (:class:`~koala_core.ngrams.SuffixIndex`), so a
+step costs a few dictionary lookups per node, not a scan of the whole context.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 from koala_core.errors import ConfigError
 from koala_core.interfaces import Candidates, DraftContext, DraftHead
-from koala_core.ngrams import continuations
+from koala_core.ngrams import SuffixIndex
 from koala_core.tree import Tree
 
 
@@ -31,17 +34,19 @@ class LookupHead(DraftHead):
             if not 1 <= self.min_ngram <= self.max_ngram:
                 raise ConfigError("lookup: need 1 <= min_ngram <= max_ngram")
 
+    def __init__(self, config=None, target=None) -> None:
+        super().__init__(config, target)
+        self._index = SuffixIndex(self.config.max_ngram, self.config.min_ngram)
+
     def begin(self, ctx: DraftContext) -> None:
         super().begin(ctx)
-        self._context = torch.tensor(ctx.tokens[:-1], dtype=torch.long)  # root comes from the path
+        self._index.sync(ctx.tokens[:-1])  # the root comes from the paths; a new context restarts
 
     def expand(self, tree: Tree, nodes: list[int], k: int) -> Candidates:
-        tokens = torch.full((len(nodes), k), -1, dtype=torch.long)
-        logprobs = torch.full((len(nodes), k), float("-inf"))
+        tokens = [[-1] * k for _ in nodes]
+        logprobs = [[-math.inf] * k for _ in nodes]
         for row, node in enumerate(nodes):
-            seq = torch.cat([self._context, torch.tensor(tree.path_tokens(node), dtype=torch.long)])
-            found = continuations(seq, self.config.max_ngram, self.config.min_ngram)
+            _, found = self._index.longest_match(tree.path_tokens(node))
             for j, (tok, p) in enumerate(found[:k]):
-                tokens[row, j] = tok
-                logprobs[row, j] = torch.log(torch.tensor(p))
-        return Candidates(tokens, logprobs)
+                tokens[row][j], logprobs[row][j] = tok, math.log(p)
+        return Candidates(torch.tensor(tokens, dtype=torch.long), torch.tensor(logprobs))
