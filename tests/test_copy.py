@@ -59,7 +59,7 @@ def test_lookup_head_proposes_what_the_scan_finds(registry):
     contexts that grow step by step and a new generation's context."""
     import random
 
-    from koala_core.ngrams import continuations
+    from koala_core.ngrams import longest_match
     from koala_core.tree import Tree
 
     rng = random.Random(1)
@@ -77,7 +77,7 @@ def test_lookup_head_proposes_what_the_scan_finds(registry):
         cand = head.expand(tree, nodes, 2)
         for row, n in enumerate(nodes):
             seq = torch.tensor(context[:-1] + tree.path_tokens(n), dtype=torch.long)
-            want = continuations(seq, 3, 1)[:2]
+            want = longest_match(seq, 3, 1)[1][:2]
             got = [(t, lp) for t, lp in zip(cand.tokens[row].tolist(), cand.logprobs[row].tolist())
                    if t >= 0]
             assert [t for t, _ in got] == [t for t, _ in want], (context, n)
