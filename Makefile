@@ -7,7 +7,7 @@ PROMPT ?= Write a short poem about koalas, then repeat its first line.
 # load koala's exported heads with it. Kept apart so koala's own install stays lean.
 INTEROP_VENV ?= .venv-interop
 
-.PHONY: demo test test-fast bench bench-cost gpu-check serve setup interop-venv clean
+.PHONY: demo test test-fast bench bench-cost gpu-check gpu-prepare serve setup interop-venv clean
 
 $(BIN)/koala: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -57,6 +57,11 @@ OUT ?= gpu-report
 MODEL ?= default
 gpu-check:
 	$(if $(BIN),$(BIN)/,)python benchmarks/gpu_check.py $(OUT) --model $(MODEL) $(if $(DRY),--dry-run,)
+
+# Here, before using the lent GPU machine: the default model's GGUF split into as many parts as
+# calls need (each call carries the working tree too, 64 MiB in all); prints the calls to make.
+gpu-prepare: setup
+	PYTHON=$(BIN)/python bash benchmarks/gpu_machine.sh prepare
 
 clean:
 	rm -rf $(VENV) $(INTEROP_VENV) *.egg-info
