@@ -167,6 +167,10 @@ def load_target(spec: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu", dt
     hf_logging.disable_progress_bar()  # a cached load takes about a second
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
+    if str(torch_dtype) == "torch.bfloat16":
+        from .kernels import warn_if_bf16_emulated
+
+        warn_if_bf16_emulated(dev, "the target in bfloat16")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)

@@ -23,6 +23,7 @@ from .data import load_splits
 from .distributed import Workers, no_sync
 from .errors import ConfigError, KoalaError
 from .heads import NeuralHead, TrainBatch
+from .kernels import warn_if_bf16_emulated
 from .tensors import load_optimizer, optimizer_tensors
 from .train_config import AdversaryConfig, TrainConfig
 
@@ -171,6 +172,8 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
     if not isinstance(head, NeuralHead):
         raise ConfigError(f"head {config.head!r} has nothing to train")
     head.to(target.device).train()
+    if config.precision == "bf16":
+        warn_if_bf16_emulated(target.device, "training with precision bf16")
     loss_name = config.loss or head.default_loss
     loss_fn = reg.create("losses", loss_name, config.loss_options)
     train_split = load_splits(folders, "train", head.aux_layers)

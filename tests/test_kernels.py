@@ -219,3 +219,23 @@ def test_int8_drafting_is_lossless_close_to_bf16_and_keeps_the_weights(registry)
         x = torch.randn(2, 2 * target.hidden_size).to(torch.bfloat16)
         dense = torch.nn.functional.linear(x, head.inputs[0].weight, head.inputs[0].bias)
         torch.testing.assert_close(head.inputs[0](x).float(), dense.float(), atol=0.05, rtol=0.05)
+
+
+def test_bf16_chosen_on_a_cpu_without_native_bf16_is_warned_about(monkeypatch):
+    """bf16 is emulated (several times slower than fp32) on an AVX2-only CPU: the user who picks
+    it (a bf16 teacher pass, a recipe training in bf16) is told, and nobody else is."""
+    import warnings
+
+    from koala_core import kernels
+
+    monkeypatch.setattr(kernels, "cpu_has_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="no native bf16.*fp32"):
+        kernels.warn_if_bf16_emulated("cpu", "training with precision bf16")
+    monkeypatch.setattr(kernels, "cpu_has_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernels.warn_if_bf16_emulated("cpu", "training with precision bf16")
+    monkeypatch.setattr(kernels, "cpu_has_bf16", lambda: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernels.warn_if_bf16_emulated("meta", "the target in bfloat16")  # not a CPU: nothing to say

@@ -108,7 +108,10 @@ def test_training_reduces_loss_and_checkpoint_round_trips(prepared, registry, tm
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_training_lowers_the_loss(prepared, registry, tmp_path, precision):
+def test_training_lowers_the_loss(prepared, registry, tmp_path, precision, monkeypatch):
+    import warnings
+
+    from koala_core import kernels
     from koala_core.training import WindowSampler
 
     target, data = prepared
@@ -122,7 +125,12 @@ def test_training_lowers_the_loss(prepared, registry, tmp_path, precision):
         with torch.no_grad():
             return float(loss_fn(head.to_draft_space(head.train_outputs(batch)[0])))
 
-    train(target, data, tmp_path / "e", config, registry=registry, progress=False)
+    monkeypatch.setattr(kernels, "cpu_has_bf16", lambda: False)  # an AVX2-only CPU
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        train(target, data, tmp_path / "e", config, registry=registry, progress=False)
+    # bf16 autocast is emulated there: the user is told, and only when bf16 was asked for
+    assert any("no native bf16" in str(w.message) for w in seen) == (precision == "bf16")
     trained = load_head(tmp_path / "e", target, registry)
     fresh = registry.create("heads", "eagle", {"draft_vocab": 64}, target=target)
     fresh.set_draft_vocab(trained.vocab_ids)
