@@ -62,10 +62,12 @@ def check_draft_dtype(choice: str) -> None:
 
 def draft_dtype(target, choice: str = "auto") -> torch.dtype:
     """The dtype a draft head computes in. Drafts need no bit-exactness (the target verifies every
-    token in its own dtype), so ``auto`` drafts in weight-only int8 on a CPU with native bf16 and
-    the int8 kernel (``python benchmarks/draft_dtype.py`` on this project's CPU: EAGLE's draft step
-    7.4 -> 4.8 ms, Hydra's 4.0 -> 2.7 ms, tau unchanged), in bf16 where that is fast (CUDA, a CPU with native bf16), and
-    in the target's dtype elsewhere. ``int8`` (:data:`INT8`) runs on CPUs only."""
+    token in its own dtype), so ``auto`` drafts in weight-only int8 on a CPU with torch's int8
+    kernel (``python benchmarks/draft_dtype.py``: on this project's AVX512-BF16 CPU EAGLE's draft
+    step 7.4 -> 4.8 ms and Hydra's 4.0 -> 2.7 ms against bf16; on an AVX2-only CPU, whose bf16 is
+    emulated, the kernel still reads a quarter of fp32's bytes and drafts 2-3x faster than fp32,
+    README), in bf16 where that is fast (CUDA, a CPU with native bf16), and in the target's dtype
+    elsewhere. ``int8`` (:data:`INT8`) runs on CPUs only."""
     from .errors import ConfigError
 
     check_draft_dtype(choice)
@@ -77,7 +79,7 @@ def draft_dtype(target, choice: str = "auto") -> torch.dtype:
         return INT8
     if choice != "auto":
         return torch.float32 if choice == "float32" else torch.bfloat16
-    if cpu and cpu_has_bf16() and int8_available():
+    if cpu and int8_available():
         return INT8
     if target.dtype != torch.float32:
         return target.dtype

@@ -152,19 +152,21 @@ def test_packed_heads_never_go_stale(registry, family):
 
 
 def test_draft_dtype_choice_and_bf16_drafting_stays_lossless(registry, monkeypatch):
-    """auto drafts in bf16 only where bf16 is native; a bf16-drafting head is still lossless."""
+    """auto drafts in weight-only int8 wherever the CPU kernel exists (with native bf16 or not),
+    else in bf16 only where bf16 is native; a bf16-drafting head is still lossless."""
     from conftest import tiny_target
     from koala_core import kernels
     from koala_core.engine import GenerationConfig, SpeculativeEngine
     from koala_core.errors import ConfigError
 
     target = tiny_target()
-    monkeypatch.setattr(kernels, "cpu_has_bf16", lambda: False)
-    assert kernels.draft_dtype(target) == torch.float32
-    monkeypatch.setattr(kernels, "cpu_has_bf16", lambda: True)
-    assert kernels.draft_dtype(target) == torch.int8  # weight-only int8 where the kernel exists
+    for native in (False, True):  # an AVX2-only CPU, then one with AVX512-BF16
+        monkeypatch.setattr(kernels, "cpu_has_bf16", lambda: native)
+        assert kernels.draft_dtype(target) == torch.int8  # weight-only int8 where the kernel exists
     monkeypatch.setattr(kernels, "int8_available", lambda: False)
     assert kernels.draft_dtype(target) == torch.bfloat16
+    monkeypatch.setattr(kernels, "cpu_has_bf16", lambda: False)
+    assert kernels.draft_dtype(target) == torch.float32
     with pytest.raises(ConfigError, match="int8 runs on a CPU"):
         kernels.draft_dtype(target, "int8")
     monkeypatch.undo()
