@@ -67,9 +67,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def processor(device: torch.device) -> str:
+    """What a curve was measured on: the GPU's name, or the vector ISA torch dispatches to on this
+    CPU (AVX2, AVX512, ...) and the CPU's model name. A cache shared by machines of different kinds
+    (a network home directory; this project's sessions land on AVX-512 and AVX2-only EPYCs, whose
+    verify curves differ: 8 tokens cost 1.34x a step on one, 1.54x on the other) must not hand one
+    machine's curve to the other."""
+    import re
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        model = ""
+        try:
+            with open("/proc/cpuinfo") as f:
+                model = next((line.split(":", 1)[1] for line in f if line.startswith("model name")), "")
+        except OSError:
+            import platform
+
+            model = platform.processor()
+        name = f"{torch.backends.cpu.get_cpu_capability()}-{model}"
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")[:48]
+
+
 def cost_key(target) -> str:
     """The file name under which this machine's costs for ``target`` are kept: model identity,
-    dtype, kernels, device and threads (each changes the curve)."""
+    dtype, kernels, device, processor and threads (each changes the curve)."""
     ident = target.identity()
     dtype = str(target.dtype).replace("torch.", "")
     kernels = getattr(target, "kernels", "torch")
@@ -78,7 +101,7 @@ def cost_key(target) -> str:
 
         kernels = f"onednn-{onednn_path()}"
     return (f"{ident.architecture}-{ident.lm_head_fingerprint[:12]}-{dtype}-"
-            f"{kernels}-{target.device.type}-t{torch.get_num_threads()}")
+            f"{kernels}-{target.device.type}-{processor(target.device)}-t{torch.get_num_threads()}")
 
 
 def cost_path(target):

@@ -148,6 +148,21 @@ def test_cost_key_names_the_onednn_path_it_was_measured_with(tmp_path, monkeypat
     assert "torch" in cost_key(load_target(folder, kernels="torch"))
 
 
+def test_cost_key_names_the_processor(tmp_path, monkeypatch):
+    """A curve measured on an AVX-512 CPU must not steer ``auto`` on an AVX2-only one sharing the
+    cache (a network home directory), nor the other way round."""
+    import torch
+    from conftest import tiny_target
+    from koala_core.costs import cost_key
+
+    target = tiny_target()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    wide = cost_key(target)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    narrow = cost_key(target)
+    assert wide != narrow and "-AVX2_" in narrow and "/" not in narrow
+
+
 def test_generate_verbose_reports_the_policys_choices(tmp_path):
     import json
 
