@@ -157,19 +157,18 @@ def load_target(spec: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu", dt
     ``kernels``: ``auto`` runs fp32 CPU Linear layers through oneDNN (see koala_core/kernels.py)
     and everything else through torch's defaults; ``onednn`` insists on it; ``torch`` never uses it.
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from .adapter import TargetModel
-
-    from transformers.utils import logging as hf_logging
+    from .kernels import warn_if_bf16_emulated
 
     folder = resolve_model(spec)
     hf_logging.disable_progress_bar()  # a cached load takes about a second
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
-    if str(torch_dtype) == "torch.bfloat16":
-        from .kernels import warn_if_bf16_emulated
-
+    if torch_dtype == torch.bfloat16:
         warn_if_bf16_emulated(dev, "the target in bfloat16")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
