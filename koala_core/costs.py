@@ -73,19 +73,16 @@ def processor(device: torch.device) -> str:
     (a network home directory; this project's sessions land on AVX-512 and AVX2-only EPYCs, whose
     verify curves differ: 8 tokens cost 1.34x a step on one, 1.54x on the other) must not hand one
     machine's curve to the other."""
+    import platform
     import re
+
+    from .kernels import cpuinfo
 
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        model = ""
-        try:
-            with open("/proc/cpuinfo") as f:
-                model = next((line.split(":", 1)[1] for line in f if line.startswith("model name")), "")
-        except OSError:
-            import platform
-
-            model = platform.processor()
+        model = next((line.split(":", 1)[1] for line in cpuinfo().splitlines()
+                      if line.startswith("model name")), platform.processor())
         name = f"{torch.backends.cpu.get_cpu_capability()}-{model}"
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")[:48]
 

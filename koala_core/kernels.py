@@ -18,6 +18,8 @@ oneDNN copy doubles the memory of the Linear weights.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -26,14 +28,21 @@ def onednn_available() -> bool:
     return bool(torch.backends.mkldnn.is_available())
 
 
+@functools.cache
+def cpuinfo() -> str:
+    """This machine's /proc/cpuinfo ('' where there is none): its flags and model name."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): then bf16 matmuls read half
     the bytes of fp32 ones at full speed (measured here: the 8k-row draft LM head 0.28 ms in bf16
     against 0.81 ms through fp32 oneDNN)."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
+    flags = cpuinfo()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
@@ -66,8 +75,8 @@ def draft_dtype(target, choice: str = "auto") -> torch.dtype:
     kernel (``python benchmarks/draft_dtype.py``: on this project's AVX512-BF16 CPU EAGLE's draft
     step 7.4 -> 4.8 ms and Hydra's 4.0 -> 2.7 ms against bf16; on an AVX2-only CPU, whose bf16 is
     emulated, the kernel still reads a quarter of fp32's bytes: 30-40 % less drafting time than
-    fp32 in the engine, README), in bf16 where that is fast (CUDA, a CPU with native bf16), and in the target's dtype
-    elsewhere. ``int8`` (:data:`INT8`) runs on CPUs only."""
+    fp32 in the engine, README), in bf16 where that is fast (CUDA, a CPU with native bf16), and
+    in the target's dtype elsewhere. ``int8`` (:data:`INT8`) runs on CPUs only."""
     from .errors import ConfigError
 
     check_draft_dtype(choice)
