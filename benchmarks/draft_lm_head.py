@@ -7,20 +7,14 @@ and bf16 dense. It shows which draft dtype pays on a CPU, e.g. one without nativ
     python benchmarks/draft_lm_head.py
 """
 
-import time
-
+import timing  # benchmarks/timing.py (this folder is on sys.path when run as a script)
 import torch
 
 from koala_core.kernels import pack, packed_linear, quantize_rows
 
 
-def timed(fn, reps: int = 300) -> float:
-    for _ in range(20):
-        fn()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps * 1e3
+def timed(fn) -> float:
+    return timing.timed(fn, reps=300, warmup=20)
 
 
 def main() -> None:

@@ -4,19 +4,13 @@ fp32 (MkldnnLinear) and bf16 (the README's "what was tried" list).
     python benchmarks/linear_kernels.py
 """
 
-import time
-
+import timing  # benchmarks/timing.py (this folder is on sys.path when run as a script)
 import torch
 from torch.utils import mkldnn
 
 
-def timed(fn, reps: int = 30) -> float:
-    for _ in range(5):
-        fn()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps * 1e3
+def timed(fn) -> float:
+    return timing.timed(fn, reps=30, warmup=5)
 
 
 def main() -> None:
