@@ -250,11 +250,28 @@ def markdown_table(results: dict) -> str:
              f"{meta.get('device', '')}; "
              "speedup = per-prompt seconds/token of vanilla over the method's (median [min-max]).", ""]
     lines += _table(results["methods"])
+    lines += _noise_note(results)
     lines += _category_pivot(results.get("by_category", {}))
     for category, rows in results.get("by_category", {}).items():
         lines += ["", f"## {category or '(no category)'} ({rows[0]['prompts']} prompts)", ""]
         lines += _table(rows)
     return "\n".join(lines) + "\n"
+
+
+def _noise_note(results: dict) -> list[str]:
+    """With ``vanilla-again`` (plain decoding a second time, interleaved like every method) its
+    'speedup' is how far this run's timings move by chance: the yardstick for the others."""
+    again = next((m for m in results["methods"] if m["method"] == "vanilla-again"), None)
+    if again is None:
+        return []
+    s = again["speedup"]
+    text = (f"Noise (A/A): `vanilla-again` is plain decoding run a second time; its 'speedup' is "
+            f"chance: per prompt {s['min']:.2f}-{s['max']:.2f}x, median {s['median']:.2f}x")
+    cats = [next(m for m in rows if m["method"] == "vanilla-again")["speedup"]["median"]
+            for rows in results.get("by_category", {}).values()]
+    if cats:
+        text += f"; per-category medians {min(cats):.2f}-{max(cats):.2f}x"
+    return ["", text + ". Differences inside that range are not measurements."]
 
 
 def _category_pivot(by_category: dict[str, list[dict]]) -> list[str]:

@@ -455,7 +455,9 @@ def serve(model, head, checkpoint, head_options, tree, tree_options, verifier, r
               help="mtbench | gsm8k | a JSONL file with 'prompt' (or 'turns'), optional 'id', "
               "'category'; several, comma-separated, are concatenated.")
 @click.option("--methods", default="vanilla,lookup,hf-lookup,default", show_default=True,
-              help="Comma-separated: vanilla, lookup, hf-lookup, default, shipped names, checkpoint folders.")
+              help="Comma-separated: vanilla, lookup, hf-lookup, default, shipped names, checkpoint "
+                   "folders, recipe files; vanilla-again: plain decoding a second time, whose "
+                   "'speedup' is the run's own noise (an A/A control).")
 @click.option("--limit", default=None, type=int,
               help="Prompts to use (default: 10 of a built-in set, every prompt of a file; 0 = all).")
 @click.option("--offset", default=0, show_default=True, help="Skip this many prompts first.")

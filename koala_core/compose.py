@@ -104,7 +104,8 @@ def make_drafter(target, head: str | None, head_options: dict | None, checkpoint
 
 def build_method(spec: str, target, registry: Registry | None = None, draft_dtype: str = "auto",
                  tree: tuple[str, dict] | None = None):
-    """A bench method from its name: ``vanilla``, ``hf-lookup``, a training-free head plugin
+    """A bench method from its name: ``vanilla``, ``vanilla-again`` (plain decoding once more: the
+    bench's own noise, an A/A control), ``hf-lookup``, a training-free head plugin
     (e.g. ``lookup``), ``default``, a shipped head's name, a checkpoint folder or a recipe file.
     ``tree`` (name, options) replaces a checkpoint's own tree (heads compared on one tree)."""
     from pathlib import Path
@@ -130,7 +131,7 @@ def build_method(spec: str, target, registry: Registry | None = None, draft_dtyp
                     if args["verifier"] else None)
         drafter = make_drafter(target, args["head"], args["head_options"], ck, reg, draft_dtype)
         return Method(Path(spec).stem, SpeculativeEngine(target, drafter, policy, verifier))
-    if spec == "vanilla":
+    if spec in ("vanilla", "vanilla-again"):
         return Method(spec, SpeculativeEngine(target))
     if spec == "hf-lookup":
         return Method(spec, hf_target=target)
@@ -143,7 +144,7 @@ def build_method(spec: str, target, registry: Registry | None = None, draft_dtyp
         raise ConfigError("no shipped default checkpoint in this installation")
     folder = folder or (shipped_checkpoints().get(spec) or spec)
     if not (Path(folder) / "koala.json").is_file():
-        known = ", ".join(["vanilla", "hf-lookup", *training_free, "default", *shipped_checkpoints()])
+        known = ", ".join(["vanilla", "vanilla-again", "hf-lookup", *training_free, "default", *shipped_checkpoints()])
         raise ConfigError(f"unknown bench method {spec!r}: use one of {known}, a checkpoint folder "
                           "or a recipe .toml")
     ck = Checkpoint.open(folder)

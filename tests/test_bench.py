@@ -5,6 +5,7 @@ import statistics
 
 from conftest import tiny_target
 from koala_core.bench import Method, load_prompts, run_bench, write_report
+from koala_core.compose import build_method
 from koala_core.engine import GenerationConfig, SpeculativeEngine
 
 
@@ -19,7 +20,8 @@ def test_bench_results_have_every_field(tmp_path, registry):
     assert [p["category"] for p in prompts] == ["x", "y", "x"]
     methods = [Method("vanilla", SpeculativeEngine(target)),
                Method("lookup", SpeculativeEngine(target, registry.create("heads", "lookup"))),
-               Method("hf-lookup", hf_target=target)]
+               Method("hf-lookup", hf_target=target),
+               build_method("vanilla-again", target, registry)]
     results = run_bench(methods, target, prompts, GenerationConfig(24, stop_at_eos=False),
                         progress=False)
     write_report(results, tmp_path / "out")
@@ -33,6 +35,8 @@ def test_bench_results_have_every_field(tmp_path, registry):
     assert by_name["hf-lookup"]["tau"] is None
     assert 0 <= by_name["lookup"]["overhead_share"] < 1 and by_name["hf-lookup"]["overhead_share"] is None
     assert set(saved["by_category"]) == {"x", "y"}
+    again = by_name["vanilla-again"]  # the A/A control: plain decoding, timed like the others
+    assert again["tau"] == 1.0 and again["identical_to_vanilla"] == 1.0 and again["token_efficiency"] is None
     rows = saved["per_prompt"]  # every prompt's own figures, the summaries' source
     assert [(r["id"], r["category"]) for r in rows] == [(p.get("id"), p["category"]) for p in prompts]
     assert all(r["speedup"]["vanilla"] == 1.0 and r["tau"]["hf-lookup"] is None for r in rows)
@@ -41,9 +45,12 @@ def test_bench_results_have_every_field(tmp_path, registry):
     report = (tmp_path / "out" / "results.md").read_text()
     assert report.count("|") > 10
     pivot = report[report.index("## Median speedup (tau) per category"):].splitlines()
-    assert pivot[2] == "| category | vanilla | lookup | hf-lookup |"
+    assert pivot[2] == "| category | vanilla | lookup | hf-lookup | vanilla-again |"
     assert pivot[4].startswith("| x (2) | 1.00x (1.00) | ") and pivot[5].startswith("| y (1) | ")
-    assert pivot[4].endswith(" (-) |")  # hf-lookup: no tau
+    assert pivot[4].split("|")[4].endswith(" (-) ")  # hf-lookup: no tau
+    noise = next(line for line in report.splitlines() if line.startswith("Noise (A/A)"))
+    lo, hi = again["speedup"]["min"], again["speedup"]["max"]
+    assert f"per prompt {lo:.2f}-{hi:.2f}x" in noise and "per-category medians" in noise
     assert (tmp_path / "out" / "speedup.png").is_file()
     assert (tmp_path / "out" / "acceptance.png").is_file()
 
