@@ -6,8 +6,11 @@
 #   here:                         bash benchmarks/gpu_machine.sh prepare   # .gpu/p1..pK; prints the calls
 #   calls 1..K-1 (carry .gpu/pI): bash benchmarks/gpu_machine.sh stage     # keeps the part while warm
 #   call K (carry .gpu/pK):       bash benchmarks/gpu_machine.sh run       # joins, checks, installs, runs
+#                            or:  bash benchmarks/gpu_machine.sh train     # ... trains heads instead
 # `join` does the last call's joining and checking alone (tests/test_gpu_machine.py rehearses the
-# whole hand-over with a small file). Results go to $OUT (report.json, report.md, bench/).
+# whole hand-over with a small file). Results go to $OUT: the GPU check's report.json, report.md,
+# bench/ (`run`, benchmarks/gpu_check.py), or the trained heads with their report (`train`,
+# benchmarks/gpu_train.py).
 set -euo pipefail
 shopt -s nullglob
 STAGE=${KOALA_GPU_STAGE:-/tmp/koala-gpu}   # outside the working tree: survives between calls while warm
@@ -80,22 +83,27 @@ case "${1:-}" in
       echo "  run(command=\"bash benchmarks/gpu_machine.sh stage\", carry=[\"$PARTS/p$i\"], timeout_s=120)"
     done
     echo "  run(command=\"bash benchmarks/gpu_machine.sh run\", carry=[\"$PARTS/p$k\"], timeout_s=540)"
+    echo "     (or, to train heads instead of the check: ... gpu_machine.sh train ..., timeout_s=580)"
     echo "  give_back()"
     ;;
   travel) travelling ;;
   stage) stage ;;
   join) join ;;
-  run)
+  run | train)
     join
     wheels=("$STAGE"/wheels/*.whl)
     if ((${#wheels[@]})); then pip install -q --no-deps --no-index "${wheels[@]}"; fi
     pip install -q --no-deps --no-build-isolation -e .
     nvidia-smi --query-gpu=name,memory.total --format=csv
     export KOALA_CACHE="$STAGE/cache" PYTHONUNBUFFERED=1
-    python benchmarks/gpu_check.py "${OUT:-gpu-report}" --model "$STAGE/$NAME"
+    if [ "$1" = run ]; then
+      python benchmarks/gpu_check.py "${OUT:-gpu-report}" --model "$STAGE/$NAME"
+    else  # ~500 s in all: data, training side by side, evaluation, the heads into $OUT/heads
+      python benchmarks/gpu_train.py "${OUT:-gpu-train}" --model "$STAGE/$NAME" --work "$STAGE/work"
+    fi
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_machine.sh prepare|stage|run|join|travel" >&2
+    echo "usage: bash benchmarks/gpu_machine.sh prepare|stage|run|train|join|travel" >&2
     exit 2
     ;;
 esac

@@ -231,6 +231,9 @@ def policy_summary(engine) -> dict | None:
 @click.option("--skip", default=0, show_default=True,
               help="Pass over the first N records (and the conversation the last one belongs to): "
               "a held-out set for heads trained on the records before N.")
+@click.option("--until", default=0, show_default=True,
+              help="Stop before record N (0: the end of the file); with --skip, a range of records "
+              "(several sets prepared side by side, none reaching into a held-out range).")
 @click.option("--aux-layers", default="", help="Also cache the inputs of these decoder layers, "
               "for heads that fuse them (EAGLE-3): ids like 2,15,27, or 'eagle3' (2, L/2, L-3).")
 @click.option("--device", default="cpu", show_default=True)
@@ -247,8 +250,8 @@ def policy_summary(engine) -> dict | None:
 @click.option("--rebuild", default="", metavar="DIR", help="Teacher-force the token ids of another "
               "prepared set (e.g. a --regenerate one) instead of reading ShareGPT: new features "
               "(--aux-layers, --dtype, --topk) without generating again.")
-def prepare(model, out, max_tokens, max_length, topk, data, skip, aux_layers, device, dtype, regenerate,
-            max_new_tokens, batch_size, rebuild) -> None:
+def prepare(model, out, max_tokens, max_length, topk, data, skip, until, aux_layers, device, dtype,
+            regenerate, max_new_tokens, batch_size, rebuild) -> None:
     """Run the frozen target over ShareGPT and cache what training needs (resumable; data-parallel
     under torchrun / accelerate launch, each worker taking every N-th record).
 
@@ -259,12 +262,13 @@ def prepare(model, out, max_tokens, max_length, topk, data, skip, aux_layers, de
     from .model import cache_dir, load_target
 
     config = PrepareConfig(max_tokens=max_tokens, max_length=max_length, topk=topk, skip=skip,
-                           aux_layers=aux_layers, dtype=dtype, regenerate=regenerate,
+                           until=until, aux_layers=aux_layers, dtype=dtype, regenerate=regenerate,
                            max_new_tokens=max_new_tokens, batch_size=batch_size,
                            rebuild=str(Path(rebuild).expanduser().resolve()) if rebuild else "")
     kind = "sharegpt-regen" if regenerate else "rebuilt" if rebuild else "sharegpt"
     out = out or str(cache_dir() / "data" / (f"{kind}-{max_tokens}"
-                                             + (f"-skip{skip}" if skip else "")))
+                                             + (f"-skip{skip}" if skip else "")
+                                             + (f"-until{until}" if until else "")))
     team = join_workers(device)
     device = team.device_for(device)
     try:
@@ -317,6 +321,9 @@ def _prepared_tokens(folder) -> int:
 @click.option("--precision", default="fp32", show_default=True,
               help="fp32 | bf16: forward and losses under bf16 autocast, weights and Adam in fp32 "
               "(about 1.5x faster on a CPU with AVX512-BF16).")
+@click.option("--max-minutes", default=0.0, show_default=True,
+              help="Stop after this many minutes of training even before --steps (0 = no limit); "
+              "the learning rate decays over whichever of the two is further along.")
 @click.option("--discriminator", default="",
               help="Discriminator plugin (feature-mlp, logit-mlp): adds KOALA's adversarial term.")
 @click.option("--discriminator-option", "disc_options", multiple=True, metavar="KEY=VALUE")
@@ -332,7 +339,7 @@ def _prepared_tokens(folder) -> int:
               help="Steps over which --instance-noise decays to 0 (0 = constant).")
 @click.option("--recipe", default=None, help="A recipe from `koala compose`: head, loss, "
               "discriminator, game and training settings (flags above then only override "
-              "steps, batch size, window, lr, warmup, seed, eval-every, precision).")
+              "steps, batch size, window, lr, warmup, seed, eval-every, precision, max-minutes).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its saved state.")
 @click.option("--init", "init", default="", help="Start from this checkpoint's weights and draft "
               "vocabulary (fine-tuning; same head and shapes, e.g. adding training-time test).")
@@ -340,7 +347,7 @@ def _prepared_tokens(folder) -> int:
 @click.option("--tree-option", "tree_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--device", default="cpu", show_default=True)
 def train(model, data, out, head, head_options, loss, loss_options, steps, batch_size, micro_batches,
-          window, lr, warmup, seed, eval_every, precision, discriminator, disc_options, adv_loss,
+          window, lr, warmup, seed, eval_every, precision, max_minutes, discriminator, disc_options, adv_loss,
           adv_options, adv_weight, adv_warmup, d_lr, d_steps, instance_noise, noise_steps, recipe,
           resume, init, tree, tree_options, device) -> None:
     """Train a draft head from prepared data (supervised, plus adversarial with --discriminator).
@@ -364,7 +371,8 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
         given = {k: v for k, v in {"steps": steps, "batch_size": batch_size,
                                    "micro_batches": micro_batches, "window": window,
                                    "lr": lr, "warmup": warmup, "seed": seed,
-                                   "eval_every": eval_every, "precision": precision}.items()
+                                   "eval_every": eval_every, "precision": precision,
+                                   "max_minutes": max_minutes}.items()
                  if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
         loaded = load_recipe(recipe).with_overrides(**given)
         model, config = loaded.model, loaded.train_config()
@@ -384,7 +392,7 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
                              steps=steps, batch_size=batch_size, micro_batches=micro_batches,
                              window=window, lr=lr, warmup=warmup,
                              seed=seed, eval_every=eval_every, save_every=eval_every,
-                             precision=precision, adversary=adversary)
+                             precision=precision, max_minutes=max_minutes, adversary=adversary)
     if init:
         import dataclasses
 
@@ -727,10 +735,11 @@ def import_(folder, out, model) -> None:
 @click.option("--depth", default=5, show_default=True, help="Chain length drafted per step.")
 @click.option("--max-new-tokens", default=64, show_default=True)
 @click.option("--model", default="default", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
 @kernels_option
 @click.option("--json", "as_json", is_flag=True)
 def evaluate(checkpoint, data, split, window, prompts, offset, limit, depth, max_new_tokens, model,
-             kernels, as_json) -> None:
+             device, kernels, as_json) -> None:
     """A head's accuracy per draft depth: teacher-forced top-1 against the target's own tokens on
     prepared data (--data), and/or free-running acceptance on prompts (--prompts), which is what
     predicts tau."""
@@ -741,7 +750,7 @@ def evaluate(checkpoint, data, split, window, prompts, offset, limit, depth, max
     if not data and not prompts:
         raise ConfigError("koala eval needs --data (teacher-forced) and/or --prompts (free-running)")
     ck = Checkpoint.open(resolve_checkpoint(checkpoint))
-    target = load_target(model, kernels=kernels)
+    target = load_target(model, device=device, kernels=kernels)
     head = ck.build_head(target, draft_dtype="float32")  # the head as trained
     report: dict = {"checkpoint": str(ck.folder)}
     lines = []

@@ -106,6 +106,7 @@ class PrepareConfig:
     topk: int = 0  # also cache the target's top-k log-probs (0: labels only)
     shard_tokens: int = 16_384
     skip: int = 0  # records to pass over first (a held-out set: conversations a training run never saw)
+    until: int = 0  # stop before this record (0: the end): with skip, a range of records
     aux_layers: str = ""  # also cache the inputs of these decoder layers ("2,15,27" or "eagle3")
     dtype: str = "float32"  # the target's dtype (bfloat16: ~1.6x faster on CPUs with AVX512-BF16)
     regenerate: bool = False  # on-policy: the target answers each first user turn itself
@@ -118,6 +119,9 @@ class PrepareConfig:
                 or self.skip < 0):
             raise ConfigError("prepare: need max_tokens >= 1, max_length >= 8, val_every >= 2, "
                               "topk >= 0, skip >= 0")
+        if self.until and self.until <= self.skip:
+            raise ConfigError(f"prepare: until ({self.until}) must lie after skip ({self.skip}), "
+                              f"or be 0 for the end of the file")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ConfigError("prepare: need max_new_tokens >= 1 and batch_size >= 1")
         if self.rebuild and self.regenerate:
@@ -349,12 +353,15 @@ def prepare(target, out: str | Path, config: PrepareConfig = PrepareConfig(),
 def sharegpt_items(config: PrepareConfig, data, tok, done: int, part: tuple[int, int]):
     """(index, record id, split, token ids, assistant mask) of the ShareGPT records still to do:
     every record of one conversation in one split, repeated prompts and the skipped records (and
-    the rest of the conversation the last one belongs to) left out, worker ``part`` (r, N) taking
+    the rest of the conversation the last one belongs to) left out, none from ``until`` on (the
+    rest of a conversation that continues past it belongs to no range), worker ``part`` (r, N) taking
     every N-th record. With ``regenerate``: the first user turn alone, ready for the assistant."""
     rank, world = part
     seen_prompts: set[str] = set()
     skipped: set[str] = set()  # conversations begun inside the skipped records
     for index, conv in enumerate(iter_sharegpt(data)):
+        if config.until and index >= config.until:
+            return  # the end of the range: the records from `until` on belong to another set
         duplicate = conv.prompt_key in seen_prompts
         seen_prompts.add(conv.prompt_key)  # rebuilt on resume: the loop always starts at record 0
         if index < config.skip:
@@ -403,10 +410,12 @@ def rebuild_items(source: Path, done: int):
             start += n
 
 
-def load_split(folder: str | Path, split: str, aux_layers=()) -> dict[str, torch.Tensor]:
+def load_split(folder: str | Path, split: str, aux_layers=(),
+               missing_ok: bool = False) -> dict[str, torch.Tensor] | None:
     """All shards of one split (``train``, ``val`` or ``all``), concatenated (``lengths`` gives the
     conversation boundaries). ``aux``, the cached inputs of some decoder layers, is kept only when
-    ``aux_layers`` asks for them (and must be what the data holds)."""
+    ``aux_layers`` asks for them (and must be what the data holds). A set without shards of the
+    split is an error, or None with ``missing_ok``."""
     from safetensors import safe_open
 
     folder = Path(folder)
@@ -422,6 +431,8 @@ def load_split(folder: str | Path, split: str, aux_layers=()) -> dict[str, torch
                          f"{have or 'none'}: prepare the data with --aux-layers {ids}")
     names = [n for n in manifest["shards"] if split == "all" or Path(n).name.startswith(split)]
     if not names:
+        if missing_ok:
+            return None
         raise KoalaError(f"{folder} has no {split} shards: prepare more tokens")
     parts = []
     for n in names:
@@ -436,9 +447,17 @@ def load_split(folder: str | Path, split: str, aux_layers=()) -> dict[str, torch
 
 def load_splits(folders, split: str, aux_layers=()) -> dict[str, torch.Tensor]:
     """:func:`load_split` of several prepared sets, concatenated (each keeps its own validation
-    split, so a run over disjoint sets validates on text it never trained on)."""
+    split, so a run over disjoint sets validates on text it never trained on; a small set may have
+    none, as long as one of them has)."""
     folders = [Path(f) for f in ([folders] if isinstance(folders, (str, Path)) else folders)]
-    parts = [load_split(f, split, aux_layers) for f in folders]
+    if len(folders) == 1:
+        return load_split(folders[0], split, aux_layers)
+    found = [(f, load_split(f, split, aux_layers, missing_ok=True)) for f in folders]
+    found = [(f, part) for f, part in found if part is not None]
+    if not found:
+        raise KoalaError(f"none of {', '.join(map(str, folders))} has {split} shards: prepare "
+                         f"more tokens")
+    folders, parts = [f for f, _ in found], [part for _, part in found]
     if len(parts) == 1:
         return parts[0]
     keys = set(parts[0])

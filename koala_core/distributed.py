@@ -64,6 +64,17 @@ class Workers:
                  else {"broadcast_buffers": False})
         return DistributedDataParallel(module, device_ids=device_ids, **quiet)
 
+    def agree(self, flag: bool, device=None) -> bool:
+        """Rank 0's ``flag`` on every worker (e.g. "the time budget is spent", which each
+        worker's own clock could judge a step apart)."""
+        if not self.distributed:
+            return flag
+        backend = torch.distributed.get_backend()
+        where = device if device is not None and backend == "nccl" else "cpu"
+        t = torch.tensor([int(flag)], device=where)
+        torch.distributed.broadcast(t, src=0)
+        return bool(t.item())
+
     def barrier(self) -> None:
         if self.distributed:
             torch.distributed.barrier()

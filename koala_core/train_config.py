@@ -72,6 +72,11 @@ class TrainConfig:
     precision: str = "fp32"  # bf16: forward and losses under bf16 autocast (weights and Adam stay fp32)
     adversary: AdversaryConfig = field(default_factory=AdversaryConfig)  # off unless a discriminator
     init: str = ""  # a checkpoint folder to start from (fine-tuning): its weights and draft vocabulary
+    # a wall-clock budget (0 = none): training stops after this many minutes (of the whole run, over
+    # resumes) even before `steps`, and the cosine decay follows whichever of the two is further
+    # along, so a run cut by time still ends at a low learning rate (its step count then depends on
+    # the machine: the checkpoint records the steps done)
+    max_minutes: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.adversary, dict):  # from JSON / TOML
@@ -85,6 +90,8 @@ class TrainConfig:
         if self.micro_batches > 1 and self.adversary.enabled:
             raise ConfigError("train: adversarial training runs with --micro-batches 1 in one "
                               "process (its discriminator is not yet split over workers)")
+        if self.max_minutes < 0:
+            raise ConfigError("train: max_minutes must be >= 0 (0 = no time limit)")
         if self.lr <= 0 or self.grad_clip <= 0 or not 0 < self.depth_decay <= 1:
             raise ConfigError("train: need lr > 0, grad_clip > 0, 0 < depth_decay <= 1")
         if self.precision not in PRECISIONS:

@@ -43,18 +43,19 @@ class WindowSampler:
     def batch(self, picks: list[tuple[int, int]]) -> TrainBatch:
         """picks: (conversation, offset) pairs -> a padded TrainBatch."""
         L = self.window
-        cols = {k: [] for k in ("input_ids", "hidden", "labels", "loss_mask", "topk_ids", "topk_logp",
-                                "aux") if k in self.split}
-        for conv, off in picks:
-            a = self.starts[conv] + off
-            n = min(L, self.lengths[conv] - off)
-            for k, col in cols.items():
-                t = self.split[k][a:a + n]
-                if t.is_floating_point():  # stored fp16; fp32 here (also outside any autocast)
-                    t = t.float()
-                pad = torch.zeros((L - n,) + t.shape[1:], dtype=t.dtype)
-                col.append(torch.cat([t, pad]))
-        s = {k: torch.stack(v).to(self.device) for k, v in cols.items()}
+        s = {}
+        for k in ("input_ids", "hidden", "labels", "loss_mask", "topk_ids", "topk_logp", "aux"):
+            if k not in self.split:
+                continue
+            src = self.split[k]
+            buf = torch.zeros((len(picks), L) + src.shape[1:], dtype=src.dtype)  # zero-padded
+            for i, (conv, off) in enumerate(picks):
+                a, n = self.starts[conv] + off, min(L, self.lengths[conv] - off)
+                buf[i, :n] = src[a:a + n]
+            # floats are stored fp16 and widened to fp32 where they are used (on a GPU after the
+            # copy, which then moves half the bytes)
+            buf = buf.to(self.device)
+            s[k] = buf.float() if buf.is_floating_point() else buf
         return TrainBatch(s["input_ids"].long(), s["hidden"], s["labels"].long(),
                           s["loss_mask"].float(), s.get("topk_ids"), s.get("topk_logp"), s.get("aux"),
                           counted_only=True)
@@ -141,10 +142,12 @@ def warm_start(head: NeuralHead, folder: str | Path, target, registry) -> None:
     head.train()
 
 
-def lr_factor(step: int, config: TrainConfig) -> float:
+def lr_factor(step: int, config: TrainConfig, elapsed_share: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay over the steps, or over the time budget
+    (``elapsed_share``: the share of ``max_minutes`` spent) where that is further along."""
     if step < config.warmup:
         return (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    progress = max((step - config.warmup) / max(1, config.steps - config.warmup), elapsed_share)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -203,6 +206,12 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
     accs: list[float] = []
     model = workers.wrap(head)
     chunk = config.batch_size // config.micro_batches
+    budget = 60.0 * config.max_minutes
+
+    def elapsed_share() -> float:  # of the time budget, over every resume (0 without one)
+        return (before + time.perf_counter() - t0) / budget if budget else 0.0
+
+    stopped_by_time = False
     while step < config.steps:
         picks = sampler.picks(config.batch_size, gen)  # the same global batch on every worker
         opt.zero_grad(set_to_none=True)
@@ -227,18 +236,24 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
         post["loss"] = f"{supervised:.3f}"
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         for group in opt.param_groups:
-            group["lr"] = config.lr * lr_factor(step, config)
+            group["lr"] = config.lr * lr_factor(step, config, elapsed_share())
         opt.step()
         step += 1
         bar.update()
-        if workers.main and (step % config.eval_every == 0 or step == config.steps):
+        # the time budget ends the run on every worker alike (rank 0's clock decides)
+        stopped_by_time = (workers.agree(elapsed_share() >= 1.0, target.device) if budget
+                           else False)
+        last = step == config.steps or stopped_by_time
+        if workers.main and (step % config.eval_every == 0 or last):
             with config.autocast(target.device):
                 accs = evaluate(head, val_sampler)
             history.append({"step": step, "loss": loss_sum, "val_top1": accs,
                             **(adversary.last if adversary is not None else {})})
             post["acc"] = "/".join(f"{a:.2f}" for a in accs[:4])
         bar.set_postfix(post)
-        if step % config.save_every == 0 and step < config.steps:
+        if last:
+            break
+        if step % config.save_every == 0:
             if workers.main:
                 save_train_state(state_dir, head, opt, gen, step, config, adversary,
                                  before + time.perf_counter() - t0, history)
@@ -247,6 +262,8 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
     seconds = before + time.perf_counter() - t0  # the whole run's, over every resume
     metrics = {"val_top1": accs, "steps": step, "train_seconds": round(seconds, 1),
                "history": history}
+    if stopped_by_time:
+        metrics["stopped_by_time"] = True
     if adversary is not None:
         metrics["adversary"] = {"backoffs": adversary.backoffs, "stopped_at": adversary.stopped_at}
     if workers.distributed:
@@ -293,11 +310,12 @@ def load_train_state(folder: Path, head, opt, gen, config: TrainConfig,
     if not (folder / "state.json").is_file():
         raise KoalaError(f"nothing to resume: {folder} has no training state")
     meta = json.loads((folder / "state.json").read_text())
-    saved = {k: v for k, v in meta["config"].items() if k != "steps"}
+    lengths = ("steps", "max_minutes")  # how long to go on may change between resumes
+    saved = {k: v for k, v in meta["config"].items() if k not in lengths}
     saved.setdefault("adversary", dataclasses.asdict(AdversaryConfig()))  # states from before it
     saved.setdefault("precision", "fp32")  # states from before the option
     saved.setdefault("micro_batches", 1)
-    now = {k: v for k, v in dataclasses.asdict(config).items() if k != "steps"}
+    now = {k: v for k, v in dataclasses.asdict(config).items() if k not in lengths}
     if saved != now:
         changed = sorted(k for k in now if saved.get(k) != now[k])
         raise KoalaError(f"cannot resume: settings differ from the interrupted run ({changed})")

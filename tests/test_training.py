@@ -48,6 +48,22 @@ def test_validation_split_is_by_conversation_and_drops_duplicate_prompts(tmp_pat
                        data=src, progress=False)
     later = held_out["records"]["train"] + held_out["records"]["val"]
     assert later and min(int(conv(r)[4:]) for r in later) == 11  # conv10 began before record 31
+    # ranges side by side (--skip/--until): disjoint, none reaching past its end, and together
+    # every record of the whole file but the conversations that straddle a boundary
+    ranges = [(0, 31), (31, 61), (61, 0)]
+    parts = [prepare(tiny_target(), tmp_path / f"r{i}", PrepareConfig(
+        max_tokens=100_000, max_length=64, val_every=3, skip=a, until=b), data=src, progress=False)
+        for i, (a, b) in enumerate(ranges)]
+    got = [set(m["records"]["train"] + m["records"]["val"]) for m in parts]
+    assert not (got[0] & got[1]) and not (got[1] & got[2]) and not (got[0] & got[2])
+    assert max(int(conv(r)[4:]) for r in got[0]) == 10  # records 0-30: conv0_0 .. conv10_0
+    index = lambda rid: 3 * int(conv(rid)[4:]) + int(rid.rsplit("_", 1)[1])  # noqa: E731
+    assert got[1] == {r for r in later if index(r) < 61}  # conv20 straddles record 61
+    assert got[0] | got[1] | got[2] == set(train_ids + val_ids) - {f"conv10_{i}" for i in (1, 2)} \
+        - {f"conv20_{i}" for i in (1, 2)}
+    assert parts[0]["exhausted"] and parts[0]["complete"]
+    with pytest.raises(ConfigError, match="until"):
+        PrepareConfig(skip=5, until=5)
 
 
 def test_prepare_labels_are_the_targets_choices(prepared):
@@ -167,6 +183,32 @@ def test_resume_continues_from_the_saved_step(prepared, registry, tmp_path):
     whole = json.loads((tmp_path / "part" / "koala.json").read_text())["metrics"]
     assert [h["step"] for h in whole["history"]] == [3, 6]
     assert whole["train_seconds"] >= spent and state["seconds"] == whole["train_seconds"]
+
+
+def test_a_time_budget_ends_training_with_a_decayed_rate_and_a_final_evaluation(prepared, registry,
+                                                                                 tmp_path):
+    from koala_core.training import lr_factor
+
+    target, data = prepared
+    config = TrainConfig(head="medusa", head_options={"heads": 2, "draft_vocab": 64}, steps=10**6,
+                         batch_size=2, window=32, warmup=2, eval_every=10**5, max_minutes=0.01)
+    metrics = train(target, data, tmp_path / "timed", config, registry=registry, progress=False)
+    assert metrics["stopped_by_time"] and 1 < metrics["steps"] < 10**6
+    assert metrics["train_seconds"] >= 0.6
+    assert [h["step"] for h in metrics["history"]] == [metrics["steps"]]  # evaluated at the stop
+    saved = json.loads((tmp_path / "timed" / "koala.json").read_text())
+    assert saved["metrics"]["steps"] == metrics["steps"] and saved["recipe"]["train"]["max_minutes"] == 0.01
+    # the cosine follows the time spent when that is further along than the steps
+    assert lr_factor(10, config, 0.5) == pytest.approx(0.5)
+    assert lr_factor(10, config, 1.0) == pytest.approx(0.0)
+    assert lr_factor(0, config, 0.9) == 0.5  # warm-up is by steps
+    # a longer budget resumes the same run (how long to go on may change, as steps may)
+    longer = TrainConfig(**{**config.__dict__, "max_minutes": 0.02})
+    more = train(target, data, tmp_path / "timed", longer, resume=True, registry=registry,
+                 progress=False)
+    assert more["steps"] > metrics["steps"] and more["train_seconds"] >= 1.2
+    with pytest.raises(ConfigError, match="max_minutes"):
+        TrainConfig(max_minutes=-1)
 
 
 def test_checkpoint_errors_are_clear(prepared, registry, tmp_path):
