@@ -88,18 +88,23 @@ class Check:
         return [encode_prompt(target.tokenizer, p["prompt"]) for p in self.prompts]
 
     def run(self, name: str, fn) -> None:
-        t0 = time.perf_counter()
-        print(f"[gpu-check] {name} ...", flush=True)
-        try:
-            result = fn()
-            status = "ok"
-        except Exception as exc:  # recorded, and the next section still runs
-            result, status = {"error": f"{type(exc).__name__}: {exc}",
-                              "traceback": traceback.format_exc()}, "error"
-        result["status"], result["seconds"] = status, round(time.perf_counter() - t0, 1)
-        self.report["sections"][name] = result
-        self.save()
-        print(f"[gpu-check] {name}: {status} in {result['seconds']} s", flush=True)
+        recorded(self.report["sections"], name, fn, self.save, "gpu-check")
+
+
+def recorded(parts: dict, name: str, fn, save, tag: str) -> None:
+    """Run one section: its result, or the error it raised (the next section still runs), goes
+    into ``parts[name]`` with its status and seconds, and the report is saved at once."""
+    t0 = time.perf_counter()
+    print(f"[{tag}] {name} ...", flush=True)
+    try:
+        result, status = fn(), "ok"
+    except Exception as exc:
+        result, status = {"error": f"{type(exc).__name__}: {exc}",
+                          "traceback": traceback.format_exc()}, "error"
+    result["status"], result["seconds"] = status, round(time.perf_counter() - t0, 1)
+    parts[name] = result
+    save()
+    print(f"[{tag}] {name}: {status} in {result['seconds']} s", flush=True)
 
 
 def tiny_target(model: str, dtype: str):
@@ -262,12 +267,13 @@ def bench(check: Check) -> dict:
                         for r in results["methods"]}}
 
 
-def summary_markdown(report: dict) -> str:
-    lines = [f"# koala GPU check{' (dry run on CPU)' if report['dry_run'] else ''}", ""]
-    for name, sec in report["sections"].items():
+def summary_markdown(report: dict, title: str = "koala GPU check", parts: str = "sections",
+                     width: int = 4000) -> str:
+    lines = [f"# {title}{' (dry run on CPU)' if report['dry_run'] else ''}", ""]
+    for name, sec in report[parts].items():
         lines.append(f"## {name}: {sec['status']} ({sec['seconds']} s)")
         shown = {k: v for k, v in sec.items() if k not in ("status", "seconds", "traceback")}
-        lines += ["```", json.dumps(shown, indent=1)[:4000], "```", ""]
+        lines += ["```", json.dumps(shown, indent=1)[:width], "```", ""]
     return "\n".join(lines)
 
 

@@ -32,8 +32,9 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
+
+from gpu_check import recorded, summary_markdown  # benchmarks/: one way to run and report sections
 
 HELD_OUT = 10_000  # ShareGPT records from here on are never trained on (README: held-out top-1)
 SHIPPED = {"eagle": "eagle-k1", "hydra": "hydra-k1", "medusa": "medusa-k1"}
@@ -74,20 +75,13 @@ class Run:
         from koala_core.files import write_json_atomic
 
         write_json_atomic(self.out / "report.json", self.report)
-        (self.out / "report.md").write_text(summary_markdown(self.report))
+        (self.out / "report.md").write_text(summary_markdown(self.report, "koala GPU training",
+                                                             "stages", 6000))
 
     def stage(self, name: str, fn) -> None:
-        t0 = time.monotonic()
-        print(f"[gpu-train] {name} ({self.left():.0f} s of the budget left) ...", flush=True)
-        try:
-            result, status = fn(self), "ok"
-        except Exception as exc:  # recorded; the later stages run with what there is
-            result, status = {"error": f"{type(exc).__name__}: {exc}",
-                              "traceback": traceback.format_exc()}, "error"
-        result["status"], result["seconds"] = status, round(time.monotonic() - t0, 1)
-        self.report["stages"][name] = result
-        self.save()
-        print(f"[gpu-train] {name}: {status} in {result['seconds']} s", flush=True)
+        """One stage (an error is recorded; the later stages run with what there is)."""
+        print(f"[gpu-train] {self.left():.0f} s of the budget left", flush=True)
+        recorded(self.report["stages"], name, lambda: fn(self), self.save, "gpu-train")
 
 
 def side_by_side(jobs: dict[str, list[str]], logs: Path, seconds: float, width: int = 0) -> dict:
@@ -324,15 +318,6 @@ def tiny_model_folder(folder: Path) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
-
-
-def summary_markdown(report: dict) -> str:
-    lines = [f"# koala GPU training{' (dry run on CPU)' if report['dry_run'] else ''}", ""]
-    for name, sec in report["stages"].items():
-        lines.append(f"## {name}: {sec['status']} ({sec['seconds']} s)")
-        shown = {k: v for k, v in sec.items() if k not in ("status", "seconds", "traceback")}
-        lines += ["```", json.dumps(shown, indent=1)[:6000], "```", ""]
-    return "\n".join(lines)
 
 
 STAGES = {"model": model, "data": data, "train": train, "eval": evaluate, "heads": heads}
