@@ -312,3 +312,24 @@ def test_training_on_two_prepared_sets_joins_their_splits(prepared, registry, tm
             progress=False)
     with pytest.raises(KoalaError, match="same --topk"):
         load_splits([data, plain], "train")
+
+
+def test_a_set_without_validation_text_joins_others_but_not_alone(prepared, tmp_path):
+    """Small ranges prepared side by side may hold no validation conversation: joined with sets
+    that have one they add training text only; alone (or all of them so) it is an error."""
+    from koala_core.data import load_splits
+
+    target, data = prepared
+    src = write_sharegpt(tmp_path / "more.json", seed=5)
+    small = tmp_path / "small"
+    prepare(target, small, PrepareConfig(max_tokens=400, max_length=64, val_every=1000, topk=4),
+            data=src, progress=False)
+    assert not any(n.startswith("val") for n in json.loads((small / "manifest.json").read_text())["shards"])
+    val = load_splits([data, small], "val")
+    assert val["input_ids"].shape[0] == load_split(data, "val")["input_ids"].shape[0]
+    assert load_splits([data, small], "train")["input_ids"].shape[0] == (
+        load_split(data, "train")["input_ids"].shape[0] + load_split(small, "train")["input_ids"].shape[0])
+    with pytest.raises(KoalaError, match="no val shards"):
+        load_splits([small], "val")
+    with pytest.raises(KoalaError, match="none of .* has val shards"):
+        load_splits([small, small], "val")
