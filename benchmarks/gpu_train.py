@@ -57,7 +57,7 @@ class Run:
         self.args, self.out = args, Path(args.out)
         self.work = Path(args.work)
         self.start = time.monotonic()
-        self.device = "cpu" if args.dry_run else "cuda"
+        self.device = args.device
         self.model = args.model
         self.report: dict = {"dry_run": args.dry_run, "budget_s": args.budget, "stages": {}}
         self.data: list[Path] = []
@@ -143,9 +143,9 @@ def model(run: Run) -> dict:
     info = {"torch": torch.__version__, "device": run.device}
     if run.args.dry_run:
         run.model = str(tiny_model_folder(run.work / "tiny-model"))
-    elif not torch.cuda.is_available():
-        raise RuntimeError("no CUDA device: use --dry-run on a CPU")
-    else:
+    if run.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device: use --dry-run (or --device cpu) on a CPU")
         info["gpu"] = torch.cuda.get_device_name(0)
     from koala_core.model import load_target
 
@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="report folder (report.json, report.md, heads/, logs/)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny random model, tiny data (CI)")
     parser.add_argument("--model", default="default", help="target model (default, a folder or a .gguf)")
+    parser.add_argument("--device", default=None, help="cuda (cpu in a dry run); --device cpu "
+                        "with the real model and small sizes rehearses the real run's commands")
     parser.add_argument("--work", default=None, help="where data and checkpoints are made "
                         "(default: $KOALA_CACHE/gpu-train); only the heads go to OUT")
     parser.add_argument("--budget", type=float, default=None,
@@ -352,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = {"budget": (500, 240), "ranges": (4, 2), "records": (HELD_OUT, 400),
                 "max_tokens": (8_000_000, 12_000), "max_length": (1024, 128),
                 "heldout_tokens": (45_000, 1000), "eval_prompts": (16, 2), "load_seconds": (60, 15),
-                "train_minutes": (0.0, 0.1)}
+                "train_minutes": (0.0, 0.1), "device": ("cuda", "cpu")}
     for key, (real, tiny) in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, tiny if dry else real)
