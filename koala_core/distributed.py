@@ -64,16 +64,17 @@ class Workers:
                  else {"broadcast_buffers": False})
         return DistributedDataParallel(module, device_ids=device_ids, **quiet)
 
-    def agree(self, flag: bool, device=None) -> bool:
-        """Rank 0's ``flag`` on every worker (e.g. "the time budget is spent", which each
-        worker's own clock could judge a step apart)."""
+    def from_main(self, value: float, device=None) -> float:
+        """Rank 0's ``value`` on every worker (e.g. the share of a time budget spent, which each
+        worker's own clock would read a little differently: the learning rate and the stop must be
+        the same everywhere)."""
         if not self.distributed:
-            return flag
+            return value
         backend = torch.distributed.get_backend()
         where = device if device is not None and backend == "nccl" else "cpu"
-        t = torch.tensor([int(flag)], device=where)
+        t = torch.tensor([value], dtype=torch.float64, device=where)
         torch.distributed.broadcast(t, src=0)
-        return bool(t.item())
+        return float(t.item())
 
     def barrier(self) -> None:
         if self.distributed:

@@ -208,8 +208,12 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
     chunk = config.batch_size // config.micro_batches
     budget = 60.0 * config.max_minutes
 
-    def elapsed_share() -> float:  # of the time budget, over every resume (0 without one)
-        return (before + time.perf_counter() - t0) / budget if budget else 0.0
+    def elapsed_share() -> float:
+        """Of the time budget, over every resume (0 without one), by rank 0's clock: the learning
+        rate and the stop are the same on every worker."""
+        if not budget:
+            return 0.0
+        return workers.from_main((before + time.perf_counter() - t0) / budget, target.device)
 
     stopped_by_time = False
     while step < config.steps:
@@ -240,9 +244,7 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
         opt.step()
         step += 1
         bar.update()
-        # the time budget ends the run on every worker alike (rank 0's clock decides)
-        stopped_by_time = (workers.agree(elapsed_share() >= 1.0, target.device) if budget
-                           else False)
+        stopped_by_time = elapsed_share() >= 1.0
         last = step == config.steps or stopped_by_time
         if workers.main and (step % config.eval_every == 0 or last):
             with config.autocast(target.device):

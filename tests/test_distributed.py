@@ -30,9 +30,9 @@ def setup(tmp_path_factory):
     return root
 
 
-def koala_train(root, out, steps, workers=1, launcher="torchrun", resume=False):
+def koala_train(root, out, steps, workers=1, launcher="torchrun", resume=False, extra=()):
     args = ["train", "--model", str(root / "model"), "--data", str(root / "data"), "--out",
-            str(out), "--steps", str(steps), *ARGS] + (["--resume"] if resume else [])
+            str(out), "--steps", str(steps), *ARGS, *extra] + (["--resume"] if resume else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     if workers == 1:
         cmd = [sys.executable, "-m", "koala_core.cli", *args]
@@ -89,6 +89,14 @@ def test_a_run_resumes_on_another_number_of_workers(setup, tmp_path):
     koala_train(setup, tmp_path / "mixed", 3, workers=2)  # interrupted after 3 steps, on 2 workers
     koala_train(setup, tmp_path / "mixed", 6, resume=True)  # resumed in one process
     assert_same_training(tmp_path / "one.train-state", tmp_path / "mixed.train-state")
+
+
+def test_a_time_budget_stops_every_worker_at_the_same_step(setup, tmp_path):
+    """Rank 0's clock decides the learning rate and the stop: a worker that stopped a step apart
+    would leave the other waiting in a collective (this run would time out)."""
+    koala_train(setup, tmp_path / "timed", 10**6, workers=2, extra=("--max-minutes", "0.03"))
+    metrics = json.loads((tmp_path / "timed" / "koala.json").read_text())["metrics"]
+    assert metrics["stopped_by_time"] and 1 <= metrics["steps"] < 10**6 and metrics["workers"] == 2
 
 
 def test_workers_that_do_not_divide_the_micro_batches_are_refused(setup, tmp_path):
