@@ -24,9 +24,11 @@ MADE = re.compile(r"(?:-o|--out) (\S+)")
 
 
 def tracked() -> set[str]:
-    """Every path git tracks, with each of its parent folders: what a clean clone has (a file that
-    exists here only because this checkout made it, say a git-ignored checkpoint, does not count)."""
-    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+    """Every path git tracks or would add (not ignored), with each of its parent folders: what a
+    clean clone has once the change is committed (a file that exists here only because this
+    checkout made it, say a git-ignored checkpoint, does not count)."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         cwd=ROOT, capture_output=True, check=True)
     paths = set()
     for f in out.stdout.decode().split("\0"):
         parts = f.split("/")
