@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from gpu_check import recorded, summary_markdown  # benchmarks/: one way to run and report sections
+from gpu_check import recorded, summary_markdown, tiny_target  # one way to run and report
 
 HELD_OUT = 10_000  # ShareGPT records from here on are never trained on (README: held-out top-1)
 SHIPPED = {"eagle": "eagle-k1", "hydra": "hydra-k1", "medusa": "medusa-k1"}
@@ -301,22 +301,12 @@ def heads(run: Run) -> dict:
 
 
 def tiny_model_folder(folder: Path) -> Path:
-    """A 2-layer random Llama with the real model's tokenizer, saved as an HF folder (dry run)."""
-    if (folder / "config.json").is_file():
-        return folder
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from koala_core.model import resolve_model
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("default"))
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=2048, tie_word_embeddings=True,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    """The GPU check's tiny random Llama (the real model's tokenizer), saved as an HF folder for
+    the CLI's processes (dry run)."""
+    if not (folder / "config.json").is_file():
+        target = tiny_target("default", "float32")
+        target.model.save_pretrained(folder)
+        target.tokenizer.save_pretrained(folder)
     return folder
 
 

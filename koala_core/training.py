@@ -239,8 +239,9 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
             loss_sum += total.item() / len(share)
         post["loss"] = f"{supervised:.3f}"
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        factor = lr_factor(step, config, elapsed_share())  # one clock reading (a broadcast) a step
         for group in opt.param_groups:
-            group["lr"] = config.lr * lr_factor(step, config, elapsed_share())
+            group["lr"] = config.lr * factor
         opt.step()
         step += 1
         bar.update()
