@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .adversary import AdversaryConfig
-from .bench import format_speedup
+from .bench import format_speedup, noise_note
 from .errors import ConfigError
 from .training import TrainConfig, data_summary
 
@@ -34,6 +34,9 @@ class AblationConfig:
     # the configurations of the grid to train and bench (empty: all of them), e.g. the K=2
     # adversarial arm alone next to the K=1 pair when an hour of training is all there is
     only: tuple[str, ...] = ()
+    # bench plain decoding a second time (`vanilla-again`) beside the heads: the run's own A/A
+    # yardstick, printed under the table, for differences between arms that are often smaller
+    noise_control: bool = True
 
     def __post_init__(self):
         if not self.layers or min(self.layers) < 1:
@@ -168,10 +171,12 @@ def run_ablation(target, data, out: str | Path, config: AblationConfig, prompts:
             continue
         resume = (ck_dir / f"{name}.train-state" / "state.json").is_file()
         train(target, folders, folder, cfg, resume=resume, registry=reg, progress=progress, tree=tree)
-    methods = [build_method("vanilla", target, reg)]
+    methods = [build_method(name, target, reg)
+               for name in ("vanilla", "vanilla-again")[: 1 + config.noise_control]]
+    heads_from = len(methods)
     # every configuration drafts with its run's tree, a baseline too (whatever its checkpoint names)
     methods += [build_method(str(where[name]), target, reg, tree=tree) for name, _, tree in runs]
-    for m, (name, _, _) in zip(methods[1:], runs):
+    for m, (name, _, _) in zip(methods[heads_from:], runs):
         m.name = name
     results = run_bench(methods, target, prompts, gen_config, progress=progress)
     results["meta"] = bench_meta(target, label, prompts, gen_config)
@@ -179,7 +184,8 @@ def run_ablation(target, data, out: str | Path, config: AblationConfig, prompts:
     table = ablation_rows(results, runs, where)
     doc = {"config": asdict(config), "rows": table, "bench": results["meta"]}
     (out / "ablation.json").write_text(json.dumps(doc, indent=2))
-    (out / "ablation.md").write_text(markdown(table, gen_config, len(prompts)))
+    (out / "ablation.md").write_text(markdown(table, gen_config, len(prompts))
+                                     + "".join(line + "\n" for line in noise_note(results)))
     plot(table, out / "ablation.png")
     return doc
 

@@ -250,7 +250,7 @@ def markdown_table(results: dict) -> str:
              f"{meta.get('device', '')}; "
              "speedup = per-prompt seconds/token of vanilla over the method's (median [min-max]).", ""]
     lines += _table(results["methods"])
-    lines += _noise_note(results)
+    lines += noise_note(results)
     lines += _category_pivot(results.get("by_category", {}))
     for category, rows in results.get("by_category", {}).items():
         lines += ["", f"## {category or '(no category)'} ({rows[0]['prompts']} prompts)", ""]
@@ -258,7 +258,7 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _noise_note(results: dict) -> list[str]:
+def noise_note(results: dict) -> list[str]:
     """With ``vanilla-again`` (plain decoding a second time, interleaved like every method) its
     'speedup' is how far this run's timings move by chance: the yardstick for the others."""
     again = next((m for m in results["methods"] if m["method"] == "vanilla-again"), None)

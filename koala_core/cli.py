@@ -613,13 +613,16 @@ def compose(ctx, head, tree, verifier, loss, discriminator, adv_loss, temperatur
 @click.option("--offset", default=40, show_default=True, help="Skip this many prompts (held out: 40+).")
 @click.option("--limit", default=8, show_default=True)
 @click.option("--max-new-tokens", default=64, show_default=True)
+@click.option("--noise-control/--no-noise-control", default=True, show_default=True,
+              help="Also bench plain decoding a second time (vanilla-again): this run's A/A spread, "
+                   "printed under the table.")
 @click.option("--model", default="default", show_default=True)
 @kernels_option
 @click.pass_context
 def ablate(ctx, data, out, families, layers, only, head_options, tree, tree_options, budget, steps,
            batch_size, window, lr, warmup, seed, precision, baselines, discriminator, disc_options,
            adv_loss, adv_options, adv_weight, adv_warmup, d_lr, d_steps, instance_noise, noise_steps,
-           prompt_spec, offset, limit, max_new_tokens, model, kernels) -> None:
+           prompt_spec, offset, limit, max_new_tokens, noise_control, model, kernels) -> None:
     """KOALA ablation: each family x K x {supervised, +adversarial}; table + PNG (resumable)."""
     from .ablation import AblationConfig, run_ablation
     from .bench import select_prompts
@@ -654,7 +657,7 @@ def ablate(ctx, data, out, families, layers, only, head_options, tree, tree_opti
         head_options=_parse_options(head_options, "--head-option"),
         tree=_ablation_tree(tree, _parse_options(tree_options, "--tree-option"), budget),
         baselines=_parse_baselines(baselines),
-        only=tuple(n.strip() for n in only.split(",") if n.strip()))
+        only=tuple(n.strip() for n in only.split(",") if n.strip()), noise_control=noise_control)
     config.runs(default_registry())  # unknown families fail before the model loads
     prompts = select_prompts(prompt_spec, offset, limit)
     target = load_target(model, kernels=kernels)

@@ -1,6 +1,7 @@
 """KOALA's adversarial training: discriminators, games, the head/discriminator loop and its guards."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -237,17 +238,22 @@ def test_ablation_trains_every_configuration_and_reports(prepared, registry, tmp
     meta = json.loads((tmp_path / "abl/bench/results.json").read_text())["meta"]
     assert (meta["n_prompts"], meta["max_new_tokens"], meta["kernels"]) == (2, 6, target.kernels)
     assert "2 prompts x 6 new tokens" in (tmp_path / "abl/bench/results.md").read_text()
+    # the A/A control ran beside the heads (not a row of the table) and its spread is printed
+    methods = [m["method"] for m in json.loads((tmp_path / "abl/bench/results.json").read_text())["methods"]]
+    assert methods[:2] == ["vanilla", "vanilla-again"] and len(methods) == 2 + len(names)
+    assert "Noise (A/A)" in (tmp_path / "abl/ablation.md").read_text()
     # rerunning trains nothing again
     mtime = (tmp_path / "abl/checkpoints/eagle-k2-koala/model.safetensors").stat().st_mtime
-    run_ablation(target, data, tmp_path / "abl", config, prompts, GenerationConfig(max_new_tokens=6),
-                 registry=registry, progress=False)
+    run_ablation(target, data, tmp_path / "abl", replace(config, noise_control=False), prompts,
+                 GenerationConfig(max_new_tokens=6), registry=registry, progress=False)
     assert (tmp_path / "abl/checkpoints/eagle-k2-koala/model.safetensors").stat().st_mtime == mtime
+    methods = [m["method"] for m in json.loads((tmp_path / "abl/bench/results.json").read_text())["methods"]]
+    assert "vanilla-again" not in methods and "Noise (A/A)" not in (tmp_path / "abl/ablation.md").read_text()
 
 
 def test_ablation_reuses_a_baseline_only_if_it_is_that_configuration(prepared, registry, tmp_path):
     """A shipped head trained at the ablation's budget stands in for its configuration (an hour
     less of training at the shipped budget), but only when its settings and data match."""
-    from dataclasses import replace
 
     from koala_core.ablation import AblationConfig, run_ablation
     from koala_core.engine import GenerationConfig
