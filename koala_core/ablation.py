@@ -171,8 +171,8 @@ def run_ablation(target, data, out: str | Path, config: AblationConfig, prompts:
             continue
         resume = (ck_dir / f"{name}.train-state" / "state.json").is_file()
         train(target, folders, folder, cfg, resume=resume, registry=reg, progress=progress, tree=tree)
-    methods = [build_method(name, target, reg)
-               for name in ("vanilla", "vanilla-again")[: 1 + config.noise_control]]
+    controls = ["vanilla"] + (["vanilla-again"] if config.noise_control else [])
+    methods = [build_method(name, target, reg) for name in controls]
     heads_from = len(methods)
     # every configuration drafts with its run's tree, a baseline too (whatever its checkpoint names)
     methods += [build_method(str(where[name]), target, reg, tree=tree) for name, _, tree in runs]

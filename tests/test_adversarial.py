@@ -254,7 +254,6 @@ def test_ablation_trains_every_configuration_and_reports(prepared, registry, tmp
 def test_ablation_reuses_a_baseline_only_if_it_is_that_configuration(prepared, registry, tmp_path):
     """A shipped head trained at the ablation's budget stands in for its configuration (an hour
     less of training at the shipped budget), but only when its settings and data match."""
-
     from koala_core.ablation import AblationConfig, run_ablation
     from koala_core.engine import GenerationConfig
     from koala_core.errors import ConfigError
