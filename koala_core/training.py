@@ -239,13 +239,14 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
             loss_sum += total.item() / len(share)
         post["loss"] = f"{supervised:.3f}"
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        factor = lr_factor(step, config, elapsed_share())  # one clock reading (a broadcast) a step
+        spent = elapsed_share()  # one clock reading (a broadcast under workers) a step: LR and stop
+        factor = lr_factor(step, config, spent)
         for group in opt.param_groups:
             group["lr"] = config.lr * factor
         opt.step()
         step += 1
         bar.update()
-        stopped_by_time = elapsed_share() >= 1.0
+        stopped_by_time = spent >= 1.0
         last = step == config.steps or stopped_by_time
         if workers.main and (step % config.eval_every == 0 or last):
             with config.autocast(target.device):
