@@ -48,3 +48,14 @@ def test_feature_loss_soft_token_term(registry):
         soft(output(with_topk=False))
     with pytest.raises(ConfigError, match="top-k"):
         registry.create("losses", "kd")(output(with_topk=False))
+
+
+def test_kd_temperature_softens_both_sides(registry):
+    """kd at temperature T is kd at 1 of the logits and the target's log-probs divided by T (the
+    divide is skipped at T = 1, the common case, for speed: both paths must agree)."""
+    out, T = output(), 2.5
+    scaled = DepthOutput(logits=out.logits / T, labels=out.labels, weight=out.weight,
+                         context=out.context, topk_ids=out.topk_ids, topk_logp=out.topk_logp / T)
+    warm = registry.create("losses", "kd", {"temperature": T})(out)
+    torch.testing.assert_close(warm, registry.create("losses", "kd")(scaled))
+    assert not torch.isclose(warm, registry.create("losses", "kd")(out))

@@ -57,7 +57,10 @@ def topk_kl(out: DepthOutput, temperature: float = 1.0) -> torch.Tensor:
     valid = out.topk_ids >= 0  # (N, k)
     p = torch.softmax(out.topk_logp.float() / temperature, -1) * valid
     p = p / p.sum(-1, keepdim=True).clamp_min(1e-8)
-    logq = torch.log_softmax(out.logits.float() / temperature, -1).gather(-1, out.topk_ids.clamp_min(0))
+    logits = out.logits.float()
+    if temperature != 1.0:  # the divide and its backward cost as much as the log-softmax over N x Vd
+        logits = logits / temperature
+    logq = torch.log_softmax(logits, -1).gather(-1, out.topk_ids.clamp_min(0))
     kl = (p * (torch.log(p.clamp_min(1e-8)) - logq)).sum(-1)
     return weighted_mean(kl, out.weight * valid.any(-1))
 
