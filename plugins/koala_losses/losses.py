@@ -58,7 +58,7 @@ def topk_kl(out: DepthOutput, temperature: float = 1.0) -> torch.Tensor:
     p = torch.softmax(out.topk_logp.float() / temperature, -1) * valid
     p = p / p.sum(-1, keepdim=True).clamp_min(1e-8)
     logits = out.logits.float()
-    if temperature != 1.0:  # the divide and its backward cost as much as the log-softmax over N x Vd
+    if temperature != 1.0:  # the divide (and its backward) costs as much as the log-softmax
         logits = logits / temperature
     logq = torch.log_softmax(logits, -1).gather(-1, out.topk_ids.clamp_min(0))
     kl = (p * (torch.log(p.clamp_min(1e-8)) - logq)).sum(-1)
