@@ -172,12 +172,11 @@ def run_ablation(target, data, out: str | Path, config: AblationConfig, prompts:
         resume = (ck_dir / f"{name}.train-state" / "state.json").is_file()
         train(target, folders, folder, cfg, resume=resume, registry=reg, progress=progress, tree=tree)
     controls = ["vanilla"] + (["vanilla-again"] if config.noise_control else [])
-    methods = [build_method(name, target, reg) for name in controls]
-    heads_from = len(methods)
     # every configuration drafts with its run's tree, a baseline too (whatever its checkpoint names)
-    methods += [build_method(str(where[name]), target, reg, tree=tree) for name, _, tree in runs]
-    for m, (name, _, _) in zip(methods[heads_from:], runs):
+    heads = [build_method(str(where[name]), target, reg, tree=tree) for name, _, tree in runs]
+    for m, (name, _, _) in zip(heads, runs):
         m.name = name
+    methods = [build_method(name, target, reg) for name in controls] + heads
     results = run_bench(methods, target, prompts, gen_config, progress=progress)
     results["meta"] = bench_meta(target, label, prompts, gen_config)
     write_report(results, out / "bench")
