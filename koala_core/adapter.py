@@ -8,6 +8,9 @@ Sliding-window attention (Mistral, Qwen2 with ``use_sliding_window``): the KV ca
 token (slot = position, so accepting a tree path is a gather and a crop), and the window is applied
 by the mask instead: HF builds it for plain causal steps, koala adds it to its tree masks (one mask
 per layer type when a model mixes full and sliding layers).
+
+Two helpers hold what it hands to transformers: ``position_cache.py`` (its static KV cache) and
+``attention.py`` (grouped-query attention under a tree mask without repeating the keys/values).
 """
 
 from __future__ import annotations
@@ -73,6 +76,10 @@ class TargetModel:
         self.sliding_window: int | None = int(window) if window else None
         # a model mixing full and sliding layers takes one mask per layer type
         self._mixed_layers = bool(window) and "full_attention" in types
+        from .attention import use_grouped_sdpa
+
+        use_grouped_sdpa(model)  # same results; a verify step no longer copies the KV cache
+        self.attention = getattr(self.config, "_attn_implementation", None) or "eager"
 
     # -- facts ---------------------------------------------------------------------------------
     @property

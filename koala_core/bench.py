@@ -227,11 +227,12 @@ def write_report(results: dict, out: str | Path) -> None:
 
 def bench_meta(target, label: str, prompts: list[dict], config, **extra) -> dict:
     """What a bench results file says about its run: the prompts, the generation settings and the
-    target's setup (dtype, kernels, device, cache), plus ``extra``."""
+    target's setup (dtype, kernels, attention, device, cache), plus ``extra``."""
     return {"prompts": label, "n_prompts": len(prompts), "max_new_tokens": config.max_new_tokens,
             "temperature": config.sampling.temperature,
             "dtype": str(target.dtype).replace("torch.", ""), "device": str(target.device),
-            "kernels": target.kernels, "cache": target.cache_kind, **extra}
+            "kernels": target.kernels, "attention": getattr(target, "attention", "sdpa"),
+            "cache": target.cache_kind, **extra}
 
 
 def format_speedup(s: dict) -> str:

@@ -89,16 +89,17 @@ def processor(device: torch.device) -> str:
 
 def cost_key(target) -> str:
     """The file name under which this machine's costs for ``target`` are kept: model identity,
-    dtype, kernels, device, processor and threads (each changes the curve)."""
+    dtype, kernels, attention, device, processor and threads (each changes the curve)."""
     ident = target.identity()
     dtype = str(target.dtype).replace("torch.", "")
     kernels = getattr(target, "kernels", "torch")
-    if kernels == "onednn":  # the two oneDNN paths cost differently (koala_core/kernels.py)
-        from .kernels import onednn_path
+    if kernels == "onednn":  # the two oneDNN paths cost differently (koala_core/kernels.py),
+        from .kernels import onednn_path  # and so did the unfused sibling projections
 
-        kernels = f"onednn-{onednn_path()}"
-    return (f"{ident.architecture}-{ident.lm_head_fingerprint[:12]}-{dtype}-"
-            f"{kernels}-{target.device.type}-{processor(target.device)}-t{torch.get_num_threads()}")
+        kernels = f"onednn-{onednn_path()}-fused"
+    attention = getattr(target, "attention", "sdpa")  # koala_sdpa: masked steps copy no KV cache
+    return (f"{ident.architecture}-{ident.lm_head_fingerprint[:12]}-{dtype}-{kernels}-{attention}-"
+            f"{target.device.type}-{processor(target.device)}-t{torch.get_num_threads()}")
 
 
 def cost_path(target):

@@ -145,7 +145,8 @@ class OneDNNLinear(nn.Module):
     """Stand-in for an fp32 CPU ``nn.Linear``: oneDNN at inference, the same weights everywhere.
 
     The weight and bias stay this module's parameters (shared with the Linear it replaced), so
-    state dicts, optimizers and ``.to()`` see them as before; see :class:`PackedWeight`."""
+    state dicts, optimizers and ``.to()`` see them as before; see :class:`PackedWeight`. A member
+    of a :class:`SiblingGroup` takes its rows of the group's one call where it can."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -153,8 +154,13 @@ class OneDNNLinear(nn.Module):
         self.weight = linear.weight
         self.bias = linear.bias
         self._packed = PackedWeight(lambda: self.weight, lambda: self.bias)
+        self._group: tuple[SiblingGroup, int] | None = None  # (its group, its index), if grouped
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._group is not None:
+            group, index = self._group
+            if group.usable(x):
+                return group.output(index, x)
         return self._packed(x)
 
     def extra_repr(self) -> str:
@@ -214,10 +220,87 @@ def swap_linears(model: nn.Module, make, fits=lambda linear: True) -> int:
 
 
 def use_onednn_linears(model: nn.Module) -> int:
-    """Swap every fp32 CPU ``nn.Linear`` in ``model`` for :class:`OneDNNLinear`; returns how many.
-    Safe to train, reload or move afterwards: the packed copies follow the weights."""
-    return swap_linears(model, OneDNNLinear, lambda lin: lin.weight.dtype == torch.float32
-                        and lin.weight.device.type == "cpu")
+    """Swap every fp32 CPU ``nn.Linear`` in ``model`` for :class:`OneDNNLinear` and group the
+    siblings among them (:func:`fuse_siblings`); returns how many were swapped. Safe to train,
+    reload or move afterwards: the packed copies follow the weights."""
+    swapped = swap_linears(model, OneDNNLinear, lambda lin: lin.weight.dtype == torch.float32
+                           and lin.weight.device.type == "cpu")
+    fuse_siblings(model)
+    return swapped
+
+
+# Linears of one module that read the same input: vLLM's packed modules (qkv_proj, gate_up_proj)
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+class SiblingGroup:
+    """One oneDNN call for sibling Linears that read the same input (q/k/v, gate/up).
+
+    A oneDNN call costs ~50-70 us beyond its arithmetic on a 2-core AVX2 EPYC (an 8 x 576 weight:
+    5 us in the primitive, ~60 us a call), and SmolLM2-135M made 211 calls a step; one call over
+    the siblings' stacked weights instead of three (and two) makes 121 (``python
+    benchmarks/verify_paths.py``), as Inductor's CPU freezing concatenates linears. The first sibling called with an input
+    computes all of their rows; each other sibling called with *that same tensor* (and unchanged
+    since) takes its columns; called with anything else, it computes alone. Each sibling's result
+    equals its own call bit for bit (oneDNN's generic layout: tested), so fusing changes speed only.
+    The stacked copy is repacked when any member's weight or bias changes, like
+    :class:`PackedWeight`; for gradients, other devices and dtypes the members run alone.
+    """
+
+    def __init__(self, members: list[OneDNNLinear]) -> None:
+        self.members = members
+        self.sizes = [m.out_features for m in members]
+        self._key: tuple | None = None
+        self._packed: tuple | None = None
+        self._input: torch.Tensor | None = None  # the input whose outputs are waiting to be taken
+        self._version = -1
+        self._outputs: tuple[torch.Tensor, ...] = ()
+        self._taken: set[int] = set()
+
+    def usable(self, x: torch.Tensor) -> bool:
+        return all(m._packed.usable(x) for m in self.members)
+
+    def _stacked(self) -> tuple:
+        key = tuple(PackedWeight._stamp(t) for m in self.members for t in (m.weight, m.bias))
+        if key != self._key:
+            biases = [m.bias for m in self.members]
+            bias = None
+            if any(b is not None for b in biases):
+                bias = torch.cat([b if b is not None else m.weight.new_zeros(m.out_features)
+                                  for m, b in zip(self.members, biases)])
+            self._packed = pack(torch.cat([m.weight for m in self.members]), bias)
+            self._key = key
+        return self._packed
+
+    def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Member ``index``'s ``x @ weight.T + bias``, from one call for all members."""
+        version = -1 if x.is_inference() else x._version  # inference tensors keep no version
+        if self._input is not x or self._version != version or index in self._taken:
+            self._outputs = packed_linear(x, self._stacked()).split(self.sizes, -1)
+            self._input, self._version, self._taken = x, version, set()
+        self._taken.add(index)
+        out = self._outputs[index]
+        if len(self._taken) == len(self.members):  # all taken: hold no reference to the input
+            self._input, self._outputs = None, ()
+        return out
+
+
+def fuse_siblings(model: nn.Module) -> int:
+    """Group the :data:`SIBLINGS` of every module whose members are all :class:`OneDNNLinear` of
+    one input width into a :class:`SiblingGroup`; returns how many groups."""
+    groups = 0
+    for module in model.modules():
+        for names in SIBLINGS:
+            members = [getattr(module, name, None) for name in names]
+            if not all(type(m) is OneDNNLinear for m in members):
+                continue
+            if len({m.in_features for m in members}) != 1:
+                continue
+            group = SiblingGroup(members)
+            for index, member in enumerate(members):
+                member._group = (group, index)
+            groups += 1
+    return groups
 
 
 def int8_available() -> bool:

@@ -55,3 +55,34 @@ def test_keep_reindexes_and_requires_ancestors():
     assert kept.tokens == [5, 7, 11, 19] and kept.parents == [-1, 0, 1, 2]
     with pytest.raises(AssertionError):
         tree.keep([6])
+
+
+def test_grouped_attention_equals_transformers_sdpa_bit_for_bit(arch):
+    """``koala_sdpa`` runs masked grouped-query attention on the key/value heads instead of
+    repeating them; on a CPU that gives the logits of transformers' ``sdpa`` exactly."""
+    from koala_core.attention import NAME
+
+    target = tiny_target(arch)
+    assert target.attention == NAME and target.config._attn_implementation == NAME
+    prefix = torch.tensor([0, 3, 4, 8, 21, 33, 2])
+    shape = make_tree().shape()
+
+    def verify():
+        cache = target.new_cache()
+        target.forward(prefix, cache)
+        tree = torch.tensor(make_tree().tokens)
+        return target.logits(target.forward(tree, cache, positions=shape.depths + len(prefix),
+                                            tree_mask=shape.mask))
+
+    grouped = verify()
+    target.model.set_attn_implementation("sdpa")
+    assert torch.equal(verify(), grouped)
+
+
+def test_other_attention_implementations_are_left_alone():
+    from conftest import tiny_model, tiny_tokenizer
+    from koala_core.adapter import TargetModel
+
+    model = tiny_model()
+    model.set_attn_implementation("eager")
+    assert TargetModel(model, tiny_tokenizer()).attention == "eager"
