@@ -115,8 +115,8 @@ def engine_options(fn):
         click.option("--draft-dtype", default="auto", show_default=True,
                      type=click.Choice(["auto", "float32", "bfloat16", "int8"]),
                      help="What a trained head drafts in (drafts need no exactness: the target "
-                          "verifies). auto: weight-only int8 on a CPU with native bf16, bf16 on "
-                          "CUDA, else the target's dtype. int8: CPUs only."),
+                          "verifies). auto: weight-only int8 on a CPU with torch's int8 kernel, "
+                          "bf16 on CUDA, else the target's dtype. int8: CPUs only."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -480,8 +480,8 @@ def serve(model, head, checkpoint, head_options, tree, tree_options, verifier, r
 @kernels_option
 @click.option("--draft-dtype", default="auto", show_default=True,
               type=click.Choice(["auto", "float32", "bfloat16", "int8"]),
-              help="What trained heads draft in (auto: int8 weights on a CPU with native bf16, "
-                   "bf16 on CUDA).")
+              help="What trained heads draft in (auto: weight-only int8 on a CPU with torch's "
+                   "int8 kernel, bf16 on CUDA).")
 @click.option("--out", default="bench-out", show_default=True)
 def bench(prompt_spec, methods, limit, offset, categories, max_new_tokens, temperature, repeats,
           model, device, dtype, kernels, draft_dtype, out) -> None:
@@ -804,8 +804,8 @@ def evaluate(checkpoint, data, split, window, prompts, offset, limit, depth, max
 def cost(model, device, dtype, sizes, context, repeats, shape, kernels, as_json) -> None:
     """Measure the verify cost curve: one target forward over n tokens vs a decode step.
 
-    The curves are kept in the cache (keyed by model, dtype, kernels, device and threads), where
-    the `auto` tree policy starts from them."""
+    The curves are kept in the cache (keyed by model, dtype, kernels, attention, device, processor
+    and threads), where the `auto` tree policy starts from them."""
     import torch
 
     from .costs import save_costs, verify_cost_curve

@@ -74,9 +74,15 @@ def test_grouped_attention_equals_transformers_sdpa_bit_for_bit(arch):
         return target.logits(target.forward(tree, cache, positions=shape.depths + len(prefix),
                                             tree_mask=shape.mask))
 
-    grouped = verify()
+    def padded_rows():  # a teacher pass: left-padded rows, HF's own padding mask
+        ids = torch.randint(5, 90, (3, 9), generator=torch.Generator().manual_seed(0))
+        mask = torch.ones(3, 9, dtype=torch.long)
+        mask[0, :4] = mask[1, :2] = 0
+        return target.forward_rows(ids, mask, target.new_cache())
+
+    grouped, rows = verify(), padded_rows()
     target.model.set_attn_implementation("sdpa")
-    assert torch.equal(verify(), grouped)
+    assert torch.equal(verify(), grouped) and torch.equal(padded_rows(), rows)
 
 
 def test_other_attention_implementations_are_left_alone():
