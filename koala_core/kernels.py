@@ -236,14 +236,17 @@ SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 class SiblingGroup:
     """One oneDNN call for sibling Linears that read the same input (q/k/v, gate/up).
 
-    A oneDNN call costs ~50-70 us beyond its arithmetic on a 2-core AVX2 EPYC (an 8 x 576 weight:
-    5 us in the primitive, ~60 us a call), and SmolLM2-135M made 211 calls a step; one call over
-    the siblings' stacked weights instead of three (and two) makes 121 (``python
-    benchmarks/verify_paths.py``), as Inductor's CPU freezing concatenates linears. The first sibling called with an input
-    computes all of their rows; each other sibling called with *that same tensor* (and unchanged
-    since) takes its columns; called with anything else, it computes alone. Each sibling's result
-    equals its own call bit for bit (oneDNN's generic layout: tested), so fusing changes speed only.
-    The stacked copy is repacked when any member's weight or bias changes, like
+    A oneDNN call costs ~60 us beyond its arithmetic on a 2-core AVX2 EPYC (an 8 x 576 weight: 5 us
+    in the primitive, 66-70 us a call), and SmolLM2-135M made 211 calls a step; one call over the
+    siblings' stacked weights instead of three (and two) makes 121 (``python
+    benchmarks/verify_paths.py``), as Inductor's CPU freezing concatenates linears.
+
+    The first sibling called with an input computes all of their rows; each other sibling called
+    with *that same tensor object* takes its columns (unless torch's version counter says it was
+    changed in place since; inference tensors keep none, and the decoder layers that call these
+    siblings never write to their input); called with anything else, it computes alone. Each
+    sibling's result equals its own call bit for bit (oneDNN's generic layout: tested), so fusing
+    changes speed only. The stacked copy is repacked when any member's weight or bias changes, like
     :class:`PackedWeight`; for gradients, other devices and dtypes the members run alone.
     """
 

@@ -243,7 +243,7 @@ def test_bf16_chosen_on_a_cpu_without_native_bf16_is_warned_about(monkeypatch):
         kernels.warn_if_bf16_emulated("meta", "the target in bfloat16")  # not a CPU: nothing to say
 
 
-def test_sibling_projections_share_one_call_and_give_each_its_own_result():
+def test_sibling_projections_share_one_call_and_give_each_its_own_result(monkeypatch):
     """q/k/v and gate/up of a decoder layer run as one oneDNN call over their stacked weights;
     each sibling's rows equal its own call bit for bit, whatever the number of rows."""
     from koala_core import kernels
@@ -256,20 +256,17 @@ def test_sibling_projections_share_one_call_and_give_each_its_own_result():
     group, _ = attn.q_proj._group
     assert attn.k_proj._group == (group, 1) and attn.v_proj._group == (group, 2)
     assert attn.o_proj._group is None and model.model.layers[0].mlp.gate_proj._group[1] == 0
+    torch.manual_seed(0)
+    inputs = [torch.randn(1, rows, 32) for rows in (1, 2, 5)]
+    alone = [[m._packed(x) for m in (attn.q_proj, attn.k_proj, attn.v_proj)] for x in inputs]
     calls = []
     real = kernels.packed_linear
-    torch.manual_seed(0)
-    for rows in (1, 2, 5):
-        x = torch.randn(1, rows, 32)
-        alone = [m._packed(x) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]
-        kernels.packed_linear = lambda *a: calls.append(1) or real(*a)
-        try:
-            with torch.no_grad():
-                fused = [attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)]
-        finally:
-            kernels.packed_linear = real
-        assert all(torch.equal(a, b) for a, b in zip(alone, fused))
+    monkeypatch.setattr(kernels, "packed_linear", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        fused = [[attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)] for x in inputs]
     assert len(calls) == 3  # one call per input, not three
+    assert all(torch.equal(a, b) for xs, ys in zip(alone, fused) for a, b in zip(xs, ys))
+    monkeypatch.undo()
     # another input for one sibling: it computes alone, correctly
     x, other = torch.randn(3, 32), torch.randn(3, 32)
     with torch.no_grad():
