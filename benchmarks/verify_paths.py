@@ -76,7 +76,6 @@ def main() -> None:
                 verify(n)
                 if r:
                     times[name, n].append(time.perf_counter() - t0)
-    setup(True, True)
     print(f"\nverify(n) ms, median of {args.rounds} interleaved rounds (x decode step of 'neither')")
     print(f"{'setup':>18} " + " ".join(f"{'n=' + str(n):>13}" for n in sizes))
     base = 1e3 * statistics.median(times["neither", 1])
