@@ -177,3 +177,27 @@ def test_draft_kv_cache_grows_and_rewinds():
     cache.length = 3  # rewinding is moving a length
     keys, _ = cache.append(0, k2, k2)
     torch.testing.assert_close(keys, torch.cat([k, k2], 2))
+
+
+def test_medusa_reads_the_lm_head_rows_once_per_draft_step(registry):
+    """Every Medusa head reads the same state, so one pass over the LM-head rows (the costly read
+    on a CPU) serves all of them; each head's candidates are still its own."""
+    from koala_core.interfaces import DraftContext, TreeBudget
+    from koala_core.sampling import Sampling
+
+    target = tiny_target()
+    head = make_head(registry, "medusa", target, 2, heads=3)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    hidden = target.forward(torch.tensor([0, 5, 6, 7]), target.new_cache())
+    ctx = DraftContext([0, 5, 6, 7, 9], hidden, TreeBudget(8, 4), Sampling(), 0)
+    calls = []
+    project = head.project
+    head.project = lambda f: calls.append(f.shape) or project(f)
+    with torch.no_grad():
+        head.begin(ctx)
+        alone = [head.top(project(f), head.config.max_k) for f in head.features(hidden[-1:])]
+    assert calls == [torch.Size([3, target.hidden_size])]
+    for d, cand in enumerate(alone):
+        assert torch.equal(head._top.tokens[d], cand.tokens[0])

@@ -45,7 +45,9 @@ class MedusaHead(NeuralHead):
     def begin(self, ctx: DraftContext) -> None:
         super().begin(ctx)
         h = ctx.hidden[-1:].to(self.lm_rows.dtype)  # (1, D): the state that predicted the root
-        logits = torch.cat([self.project(f) for f in self.features(h)])  # (heads, Vd)
+        # one pass over the LM-head rows for every head: on a CPU a pass costs what reading the
+        # rows costs, whatever the number of rows
+        logits = self.project(torch.cat(self.features(h)))  # (heads, Vd)
         self._top = self.top(logits, self.config.max_k)
 
     def expand(self, tree: Tree, nodes: list[int], k: int) -> Candidates:
