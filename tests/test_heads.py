@@ -183,7 +183,6 @@ def test_medusa_reads_the_lm_head_rows_once_per_draft_step(registry):
     """Every Medusa head reads the same state, so one pass over the LM-head rows (the costly read
     on a CPU) serves all of them; each head's candidates are still its own."""
     from koala_core.interfaces import DraftContext, TreeBudget
-    from koala_core.sampling import Sampling
 
     target = tiny_target()
     head = make_head(registry, "medusa", target, 2, heads=3)
@@ -191,7 +190,7 @@ def test_medusa_reads_the_lm_head_rows_once_per_draft_step(registry):
         for p in head.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     hidden = target.forward(torch.tensor([0, 5, 6, 7]), target.new_cache())
-    ctx = DraftContext([0, 5, 6, 7, 9], hidden, TreeBudget(8, 4), Sampling(), 0)
+    ctx = DraftContext([0, 5, 6, 7, 9], hidden, TreeBudget(8, 4))
     calls = []
     project = head.project
     head.project = lambda f: calls.append(f.shape) or project(f)
