@@ -6,6 +6,14 @@ discriminator on real samples against the head's detached fakes), then adds
 supervised loss. Discriminator accuracy is the share of positions where the real sample scores
 above the fake one for the same context (threshold-free, so it means the same for every game).
 
+With a batch in several micro-batches (gradient accumulation, or data-parallel workers) the game
+keeps that order: the trainer first collects every micro-batch's samples (:meth:`samples`, from a
+forward pass without gradients), :meth:`update` gathers them from every worker and runs the same
+n_d updates on each, and only then does each micro-batch add its head loss against the updated
+discriminator. Which positions and which noise each micro-batch draws depends only on the seed,
+the step and the micro-batch's index, so N workers compute what one process computes with
+``--micro-batches N``, and a run resumes on any number of workers.
+
 Guards: a non-finite discriminator or adversarial loss stops training with a clear error; a
 discriminator that wins outright (accuracy >= ``collapse_acc`` for ``collapse_patience`` steps)
 gives the head little useful signal, so it backs off (halves its learning rate and pauses its
@@ -17,6 +25,8 @@ training goes on supervised, with a message naming the settings to change.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import math
 
 import torch
 
@@ -39,6 +49,7 @@ class Adversary:
         self.disc.to(device).train()
         self.game = registry.create("adversarial_losses", config.adv_loss, config.adv_loss_options)
         self.opt = torch.optim.Adam(self.disc.parameters(), lr=config.d_lr, betas=(0.5, 0.999))
+        self.seed = seed
         self.gen = torch.Generator().manual_seed(seed + 1)  # its own stream: the data order stays put
         self.pinned = 0  # consecutive steps at collapse accuracy
         self.paused = 0  # steps left without discriminator updates
@@ -58,59 +69,86 @@ class Adversary:
             return c.instance_noise
         return c.instance_noise * max(0.0, 1.0 - step / c.noise_steps)
 
-    def _noisy(self, x: torch.Tensor, spread: torch.Tensor, sigma: float) -> torch.Tensor:
+    def stream(self, step: int, micro_batch: int, what: str) -> torch.Generator:
+        """The random stream of one micro-batch's draws at one step (its own, whichever worker
+        runs it): ``what`` is ``"d"`` (the discriminator's samples), ``"g"`` (the head's) or
+        ``"noise"`` (the update's instance noise, ``micro_batch`` -1)."""
+        key = hashlib.blake2b(f"{self.seed}/{step}/{micro_batch}/{what}".encode(), digest_size=8)
+        return torch.Generator().manual_seed(int.from_bytes(key.digest(), "little") >> 1)
+
+    @staticmethod
+    def _noisy(x: torch.Tensor, spread: torch.Tensor, sigma: float,
+               gen: torch.Generator) -> torch.Tensor:
         """``x`` plus Gaussian noise of ``sigma`` x ``spread`` per feature (instance noise: the
         real and fake distributions overlap, so the discriminator cannot separate them outright
         and its gradient for the head stays informative; Sonderby et al. 2017)."""
         if not sigma:
             return x
-        noise = torch.randn(x.shape, generator=self.gen).to(device=x.device, dtype=x.dtype)
+        noise = torch.randn(x.shape, generator=gen).to(device=x.device, dtype=x.dtype)
         return x + sigma * spread * noise
 
     @staticmethod
     def _spread(real: torch.Tensor) -> torch.Tensor:
         return real.detach().float().std(0, keepdim=True).clamp_min(1e-6).to(real.dtype)
 
-    def _pick(self, out: DepthOutput) -> torch.Tensor:
+    def _pick(self, out: DepthOutput, gen: torch.Generator, cap: int) -> torch.Tensor:
         idx = torch.nonzero(out.weight > 0).flatten()
-        if idx.numel() > self.config.d_positions:
-            perm = torch.randperm(idx.numel(), generator=self.gen)[: self.config.d_positions]
+        if idx.numel() > cap:
+            perm = torch.randperm(idx.numel(), generator=gen)[:cap]
             idx = idx[perm.to(idx.device)]
         return idx
 
-    def _subset(self, out: DepthOutput) -> DepthOutput:
-        """The depth output at up to ``d_positions`` random weighted positions (a cheaper game)."""
-        idx = self._pick(out)
+    def _subset(self, out: DepthOutput, gen: torch.Generator, cap: int) -> DepthOutput:
+        """The depth output at up to ``cap`` random weighted positions (a cheaper game)."""
+        idx = self._pick(out, gen, cap)
         return DepthOutput(**{f.name: None if getattr(out, f.name) is None else getattr(out, f.name)[idx]
                               for f in dataclasses.fields(out)})
 
-    def _gather(self, outs: list[DepthOutput]):
+    def _cap(self, micro_batches: int) -> int:
+        """Positions per depth a micro-batch gives the game (``d_positions`` a step in all)."""
+        return math.ceil(self.config.d_positions / micro_batches)
+
+    def samples(self, outs: list[DepthOutput], gen: torch.Generator | None = None,
+                micro_batches: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(context, real, fake) rows for the discriminator from one micro-batch's depth outputs,
+        detached from the head; ``gen`` picks the positions (default: the adversary's stream)."""
         ctx, real, fake = [], [], []
         for out in outs:
-            sub = self._subset(out)
+            sub = self._subset(out, gen or self.gen, self._cap(micro_batches))
             r, f = self.disc.samples(sub)
             ctx.append(sub.context.float())
             real.append(r)
             fake.append(f)
-        return torch.cat(ctx), torch.cat(real), torch.cat(fake)
+        return torch.cat(ctx).detach(), torch.cat(real).detach(), torch.cat(fake).detach()
 
     def discriminator_steps(self, outs: list[DepthOutput], step: int) -> dict[str, float]:
         """n_d discriminator updates on this batch's samples (fakes detached from the head)."""
         if self.stopped_at is not None:
             return self.last
-        ctx, real, fake = self._gather(outs)
-        ctx, real, fake = ctx.detach(), real.detach(), fake.detach()
+        return self.update(*self.samples(outs), step=step, gen=self.gen)
+
+    def update(self, ctx: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, step: int,
+               gen: torch.Generator | None = None, workers=None) -> dict[str, float]:
+        """n_d discriminator updates on these samples; under ``workers``, on every worker's
+        samples (gathered in rank order, so each worker runs the same updates) and then rank 0's
+        discriminator everywhere (nondeterministic GPU kernels cannot drift the copies apart)."""
+        if self.stopped_at is not None:
+            return self.last
+        if workers is not None and workers.distributed:
+            ctx, real, fake = (workers.gather_rows(t) for t in (ctx, real, fake))
+        gen = gen or self.stream(step, -1, "noise")
         weight = torch.ones(real.shape[0], device=real.device)
         sigma = self.noise_at(step)
         spread = self._spread(real) if sigma else None
         for _ in range(self.config.d_steps if not self.paused else 0):
             if sigma:  # fresh noise for every update
-                real_in, fake_in = self._noisy(real, spread, sigma), self._noisy(fake, spread, sigma)
+                real_in = self._noisy(real, spread, sigma, gen)
+                fake_in = self._noisy(fake, spread, sigma, gen)
             else:
                 real_in, fake_in = real, fake
             r, f = self.disc(ctx, real_in), self.disc(ctx, fake_in)
             loss = self.game.discriminator_loss(r, f, weight)
-            loss = loss + self.game.penalty(self.disc, ctx, real_in, fake_in, weight, self.gen)
+            loss = loss + self.game.penalty(self.disc, ctx, real_in, fake_in, weight, gen)
             if not torch.isfinite(loss):
                 raise CollapseError(f"discriminator loss is {loss.item()} at step {step}; lower --d-lr "
                                     "or use spectral_norm=true / the wgan-gp game")
@@ -118,28 +156,38 @@ class Adversary:
             loss.backward()
             self.opt.step()
             self.last["d_loss"] = loss.item()
+        if workers is not None and workers.distributed:
+            workers.broadcast_module(self.disc)
         with torch.no_grad():
             acc = (self.disc(ctx, real) > self.disc(ctx, fake)).float().mean().item()
         self.last["d_acc"] = acc
         self._guard(acc, step)
         return self.last
 
-    def generator_loss(self, outs: list[DepthOutput], step: int, depth_decay: float) -> torch.Tensor:
-        """lambda_adv(step) x the game's head loss, summed over depths with the supervised weights."""
+    def generator_loss(self, outs: list[DepthOutput], step: int, depth_decay: float,
+                       gen: torch.Generator | None = None, micro_batches: int = 1) -> torch.Tensor:
+        """lambda_adv(step) x the game's head loss, summed over depths with the supervised weights;
+        ``gen`` picks the positions and draws the noise (default: the adversary's stream). In a
+        batch of several micro-batches the discriminator scores in eval mode (spectral norm's
+        power iteration and dropout stand still), so every micro-batch, on whichever worker,
+        is scored by the same discriminator: the one this step's update left."""
         lam = self.lambda_at(step) if self.stopped_at is None else 0.0
         total = outs[0].logits.new_zeros(())
         if lam == 0:
             self.last["g_adv"] = 0.0
             return total
+        gen = gen or self.gen
         sigma = self.noise_at(step)
+        self.disc.train(micro_batches == 1)
         for k, out in enumerate(outs):
-            sub = self._subset(out)
+            sub = self._subset(out, gen, self._cap(micro_batches))
             real, fake = self.disc.samples(sub)
             if sigma:
-                fake = self._noisy(fake, self._spread(real), sigma)
+                fake = self._noisy(fake, self._spread(real), sigma, gen)
             score = self.disc(sub.context.float().detach(), fake)
             total = total + depth_decay ** k * self.game.generator_loss(
                 score, torch.ones_like(score))
+        self.disc.train()
         if not torch.isfinite(total):
             raise CollapseError(f"adversarial head loss is {total.item()} at step {step}; "
                                 "lower --adv-weight or --d-lr")

@@ -333,6 +333,8 @@ def _prepared_tokens(folder) -> int:
 @click.option("--adv-warmup", default=200, show_default=True, help="Steps for lambda_adv to ramp from 0.")
 @click.option("--d-lr", default=2e-4, show_default=True, help="Discriminator learning rate.")
 @click.option("--d-steps", default=1, show_default=True, help="Discriminator updates per head update.")
+@click.option("--d-positions", default=1024, show_default=True,
+              help="Positions per depth the discriminator sees per step (over all micro-batches).")
 @click.option("--instance-noise", default=0.0, show_default=True, help="Gaussian noise on every "
               "sample the discriminator sees, in units of the real samples' spread (0 = none).")
 @click.option("--noise-steps", default=0, show_default=True,
@@ -348,8 +350,8 @@ def _prepared_tokens(folder) -> int:
 @click.option("--device", default="cpu", show_default=True)
 def train(model, data, out, head, head_options, loss, loss_options, steps, batch_size, micro_batches,
           window, lr, warmup, seed, eval_every, precision, max_minutes, discriminator, disc_options, adv_loss,
-          adv_options, adv_weight, adv_warmup, d_lr, d_steps, instance_noise, noise_steps, recipe,
-          resume, init, tree, tree_options, device) -> None:
+          adv_options, adv_weight, adv_warmup, d_lr, d_steps, d_positions, instance_noise,
+          noise_steps, recipe, resume, init, tree, tree_options, device) -> None:
     """Train a draft head from prepared data (supervised, plus adversarial with --discriminator).
 
     Data-parallel on N workers: `torchrun --nproc-per-node N -m koala_core.cli train ...` or
@@ -366,8 +368,8 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
         ctx = click.get_current_context()
         _refuse_with_recipe(ctx, ("head", "head_options", "loss", "loss_options", "discriminator",
                                   "disc_options", "adv_loss", "adv_options", "adv_weight",
-                                  "adv_warmup", "d_lr", "d_steps", "instance_noise",
-                                  "noise_steps", "model"))
+                                  "adv_warmup", "d_lr", "d_steps", "d_positions",
+                                  "instance_noise", "noise_steps", "model"))
         given = {k: v for k, v in {"steps": steps, "batch_size": batch_size,
                                    "micro_batches": micro_batches, "window": window,
                                    "lr": lr, "warmup": warmup, "seed": seed,
@@ -385,8 +387,8 @@ def train(model, data, out, head, head_options, loss, loss_options, steps, batch
             discriminator=discriminator, adv_loss=adv_loss,
             discriminator_options=_parse_options(disc_options, "--discriminator-option"),
             adv_loss_options=_parse_options(adv_options, "--adv-loss-option"), adv_weight=adv_weight,
-            adv_warmup=adv_warmup, d_lr=d_lr, d_steps=d_steps, instance_noise=instance_noise,
-            noise_steps=noise_steps)
+            adv_warmup=adv_warmup, d_lr=d_lr, d_steps=d_steps, d_positions=d_positions,
+            instance_noise=instance_noise, noise_steps=noise_steps)
         config = TrainConfig(head=head, head_options=_parse_options(head_options, "--head-option"),
                              loss=loss, loss_options=_parse_options(loss_options, "--loss-option"),
                              steps=steps, batch_size=batch_size, micro_batches=micro_batches,

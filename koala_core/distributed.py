@@ -76,6 +76,36 @@ class Workers:
         torch.distributed.broadcast(t, src=0)
         return float(t.item())
 
+    def mean(self, values: list[float], device=None) -> list[float]:
+        """The mean of each of ``values`` over the workers (as they are in one process)."""
+        if not self.distributed:
+            return values
+        where = device if device is not None and torch.distributed.get_backend() == "nccl" else "cpu"
+        t = torch.tensor(values, dtype=torch.float64, device=where)
+        torch.distributed.all_reduce(t)
+        return (t / self.world).tolist()
+
+    def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """Every worker's ``t`` (any number of rows, the same trailing shape) concatenated in
+        rank order, on every worker (``t`` on this worker's device: gloo on CPU, NCCL on CUDA)."""
+        if not self.distributed:
+            return t
+        rows = torch.tensor([t.shape[0]], device=t.device)
+        counts = [torch.zeros_like(rows) for _ in range(self.world)]
+        torch.distributed.all_gather(counts, rows)
+        sizes = [int(c.item()) for c in counts]
+        padded = t.new_zeros((max(sizes), *t.shape[1:]))
+        padded[: t.shape[0]] = t
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, padded)
+        return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Rank 0's parameters and buffers of ``module`` on every worker."""
+        if self.distributed:
+            for t in [*module.parameters(), *module.buffers()]:
+                torch.distributed.broadcast(t.data, src=0)
+
     def barrier(self) -> None:
         if self.distributed:
             torch.distributed.barrier()

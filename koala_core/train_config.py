@@ -23,7 +23,7 @@ class AdversaryConfig:
     adv_warmup: int = field(default=200, metadata={"help": "head steps over which lambda_adv ramps from 0"})
     d_lr: float = field(default=2e-4, metadata={"help": "discriminator learning rate (Adam)"})
     d_steps: int = field(default=1, metadata={"help": "discriminator updates per head update (n_d)"})
-    d_positions: int = field(default=1024, metadata={"help": "positions per depth the discriminator sees per step"})
+    d_positions: int = field(default=1024, metadata={"help": "positions per depth the discriminator sees per step (over all micro-batches)"})
     collapse_acc: float = field(default=0.99, metadata={"help": "accuracy counted as a won game"})
     collapse_patience: int = field(default=100, metadata={"help": "steps at collapse_acc before backing off"})
     max_backoffs: int = field(default=3, metadata={"help": "back-offs before training stops"})
@@ -87,9 +87,6 @@ class TrainConfig:
         if self.batch_size % self.micro_batches:
             raise ConfigError(f"train: batch_size {self.batch_size} must split into "
                               f"{self.micro_batches} equal micro-batches")
-        if self.micro_batches > 1 and self.adversary.enabled:
-            raise ConfigError("train: adversarial training runs with --micro-batches 1 in one "
-                              "process (its discriminator is not yet split over workers)")
         if self.max_minutes < 0:
             raise ConfigError("train: max_minutes must be >= 0 (0 = no time limit)")
         if self.lr <= 0 or self.grad_clip <= 0 or not 0 < self.depth_decay <= 1:

@@ -166,8 +166,6 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
 
     reg = registry or default_registry()
     share = workers.share(config.micro_batches)
-    if workers.distributed and config.adversary.enabled:
-        raise ConfigError("adversarial training runs in one process for now")
     folders = [Path(d) for d in ([data] if isinstance(data, (str, Path)) else data)]
     out = Path(out)
     torch.manual_seed(config.seed)
@@ -219,18 +217,29 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
     while step < config.steps:
         picks = sampler.picks(config.batch_size, gen)  # the same global batch on every worker
         opt.zero_grad(set_to_none=True)
-        loss_sum = supervised = 0.0  # this worker's share, averaged over its micro-batches
+        loss_sum = supervised = g_adv = 0.0  # this worker's share, averaged over its micro-batches
         post = {}
+        chunks = [picks[i * chunk:(i + 1) * chunk] for i in share]
+        split_game = adversary is not None and config.micro_batches > 1
+        if split_game:  # the discriminator first learns from the whole batch (see adversary.py)
+            adversary.update(*gathered_samples(head, sampler, chunks, share, adversary, step, config),
+                             step=step, workers=workers)
         for j, i in enumerate(share):
-            batch = sampler.batch(picks[i * chunk:(i + 1) * chunk])
+            batch = sampler.batch(chunks[j])
             with no_sync(model, last=j == len(share) - 1), config.autocast(target.device):
                 outs = [head.to_draft_space(o) for o in model(batch)]
                 losses = [loss_fn(o) for o in outs]
                 total = sum(config.depth_decay ** k * l for k, l in enumerate(losses))
                 supervised += total.item() / len(share)
-                if adversary is not None:
+                if split_game:
+                    total = total + adversary.generator_loss(
+                        outs, step, config.depth_decay, adversary.stream(step, i, "g"),
+                        config.micro_batches)
+                elif adversary is not None:
                     adversary.discriminator_steps(outs, step)
                     total = total + adversary.generator_loss(outs, step, config.depth_decay)
+                if adversary is not None:
+                    g_adv += adversary.last.get("g_adv", 0.0) / len(share)
                     post.update({k: f"{v:.3f}" for k, v in adversary.last.items()})
                 if not torch.isfinite(total):
                     raise KoalaError(f"training diverged at step {step} (loss {total.item()}); "
@@ -248,7 +257,12 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
         bar.update()
         stopped_by_time = spent >= 1.0
         last = step == config.steps or stopped_by_time
-        if workers.main and (step % config.eval_every == 0 or last):
+        report = step % config.eval_every == 0 or last
+        if report:  # the whole batch's losses, whatever the number of workers
+            loss_sum, g_adv = workers.mean([loss_sum, g_adv], target.device)
+            if adversary is not None and "g_adv" in adversary.last:
+                adversary.last["g_adv"] = g_adv
+        if workers.main and report:
             with config.autocast(target.device):
                 accs = evaluate(head, val_sampler)
             history.append({"step": step, "loss": loss_sum, "val_top1": accs,
@@ -280,6 +294,17 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
         save_train_state(state_dir, head, opt, gen, step, config, adversary, seconds, history)
     workers.barrier()
     return metrics
+
+
+def gathered_samples(head, sampler, chunks, share, adversary, step: int, config: TrainConfig):
+    """This worker's discriminator samples from each of its micro-batches (a forward pass without
+    gradients at the weights of this step), drawn from each micro-batch's own stream."""
+    parts = []
+    with torch.no_grad(), config.autocast(next(head.parameters()).device):
+        for picked, i in zip(chunks, share):
+            outs = [head.to_draft_space(o) for o in head(sampler.batch(picked))]
+            parts.append(adversary.samples(outs, adversary.stream(step, i, "d"), config.micro_batches))
+    return [torch.cat(rows) for rows in zip(*parts)]
 
 
 def save_train_state(folder: Path, head, opt, gen, step: int, config: TrainConfig,

@@ -206,6 +206,29 @@ def test_adversarial_training_is_finite_and_resumes_exactly(prepared, registry, 
     assert recipe["train"]["adversary"]["discriminator"] == disc
 
 
+def test_the_game_over_micro_batches_plays_and_resumes_exactly(prepared, registry, tmp_path):
+    """A batch in micro-batches: the discriminator learns from all of them, each adds its head
+    loss, and the draws of each depend on the step and its index alone (no stream to save)."""
+    target, data = prepared
+
+    def config(steps):
+        return replace(adv_config(steps, game="bce", **BALANCED, d_steps=2), micro_batches=2)
+
+    metrics = train(target, data, tmp_path / "full", config(6), registry=registry, progress=False)
+    last = metrics["history"][-1]
+    assert last["g_adv"] != 0.0 and 0.0 <= last["d_acc"] <= 1.0
+    train(target, data, tmp_path / "part", config(3), registry=registry, progress=False)
+    train(target, data, tmp_path / "part", config(6), resume=True, registry=registry, progress=False)
+    a = load_head(tmp_path / "full", target, registry).state_dict()
+    b = load_head(tmp_path / "part", target, registry).state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    train(target, data, tmp_path / "one", adv_config(6, game="bce", **BALANCED, d_steps=2),
+          registry=registry, progress=False)
+    c = load_head(tmp_path / "one", target, registry).state_dict()
+    assert not all(torch.allclose(a[k], c[k]) for k in a)  # the split game is not the 1-batch run
+
+
 def test_resume_refuses_a_different_adversary(prepared, registry, tmp_path):
     target, data = prepared
     train(target, data, tmp_path / "ck", adv_config(3), registry=registry, progress=False)

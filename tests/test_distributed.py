@@ -63,11 +63,11 @@ def weights(folder):
     return load_file(str(folder / "state.safetensors"))
 
 
-def assert_same_training(a, b):
+def assert_same_training(a, b, parts=("head.",)):
     wa, wb = weights(a), weights(b)
-    heads = [k for k in wa if k.startswith("head.")]
-    assert heads
-    for k in heads:
+    for part in parts:
+        assert any(k.startswith(part) for k in wa), part
+    for k in [k for k in wa if k.startswith(parts)]:
         torch.testing.assert_close(wa[k].float(), wb[k].float(), atol=1e-5, rtol=1e-4, msg=k)
     assert json.loads((a / "state.json").read_text())["step"] == \
         json.loads((b / "state.json").read_text())["step"]
@@ -97,6 +97,29 @@ def test_a_time_budget_stops_every_worker_at_the_same_step(setup, tmp_path):
     koala_train(setup, tmp_path / "timed", 10**6, workers=2, extra=("--max-minutes", "0.03"))
     metrics = json.loads((tmp_path / "timed" / "koala.json").read_text())["metrics"]
     assert metrics["stopped_by_time"] and 1 <= metrics["steps"] < 10**6 and metrics["workers"] == 2
+
+
+ADVERSARIAL = ("--discriminator", "feature-mlp", "--adv-loss", "hinge", "--adv-warmup", "1",
+               "--d-positions", "24", "--d-steps", "2", "--instance-noise", "1.0", "--noise-steps", "6")
+
+
+def test_the_adversarial_game_on_two_workers_matches_one_process(setup, tmp_path):
+    """The discriminator learns from every worker's samples and each worker's head loss is played
+    against the updated discriminator: head and discriminator end as in one process with
+    ``--micro-batches 2``, and a run resumes on another number of workers."""
+    koala_train(setup, tmp_path / "one", 6, extra=ADVERSARIAL)
+    koala_train(setup, tmp_path / "two", 6, workers=2, extra=ADVERSARIAL)
+    assert_same_training(tmp_path / "one.train-state", tmp_path / "two.train-state",
+                         parts=("head.", "disc."))
+    one, two = (json.loads((tmp_path / n / "koala.json").read_text())["metrics"]["history"][-1]
+                for n in ("one", "two"))
+    assert two["g_adv"] != 0.0 and 0.0 <= two["d_acc"] <= 1.0
+    for key in ("loss", "g_adv", "d_loss", "d_acc"):  # the whole batch's, not rank 0's share
+        assert two[key] == pytest.approx(one[key], rel=1e-4), key
+    koala_train(setup, tmp_path / "mixed", 3, workers=2, extra=ADVERSARIAL)
+    koala_train(setup, tmp_path / "mixed", 6, resume=True, extra=ADVERSARIAL)
+    assert_same_training(tmp_path / "one.train-state", tmp_path / "mixed.train-state",
+                         parts=("head.", "disc."))
 
 
 def test_workers_that_do_not_divide_the_micro_batches_are_refused(setup, tmp_path):
