@@ -96,7 +96,8 @@ def budget_tree(recipe_path: str | Path) -> tuple[str, dict] | None:
     return (tree.name, dict(tree.options)) if tree.name else None
 
 
-# training settings that change what a run computes (eval/save cadence and micro-batching do not)
+# training settings that change what a run computes (eval/save cadence do not, nor micro-batching
+# of a supervised run; an adversarial game draws per micro-batch, see baseline_differences)
 SAME = ("head", "loss", "loss_options", "steps", "batch_size", "window", "lr", "weight_decay",
         "warmup", "grad_clip", "depth_decay", "seed", "precision", "init")
 
@@ -124,6 +125,9 @@ def baseline_differences(folder: Path, cfg: TrainConfig, data_hash: str) -> list
     there = (trained.get("adversary") or {}).get("discriminator", "")
     if there != cfg.adversary.discriminator or (there and trained["adversary"] != want["adversary"]):
         diffs.append("adversarial settings differ")
+    elif there and trained.get("micro_batches", 1) != want["micro_batches"]:
+        diffs.append(f"micro_batches: {trained.get('micro_batches', 1)} there, "
+                     f"{want['micro_batches']} here (the adversarial game draws per micro-batch)")
     got = meta["recipe"].get("data", {}).get("hash")
     if got != data_hash:
         diffs.append(f"data: set hash {got} there, {data_hash} here (other prepared sets, or "

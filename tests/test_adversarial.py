@@ -274,6 +274,30 @@ def test_ablation_trains_every_configuration_and_reports(prepared, registry, tmp
     assert "vanilla-again" not in methods and "Noise (A/A)" not in (tmp_path / "abl/ablation.md").read_text()
 
 
+def test_micro_batches_tell_adversarial_baselines_apart_not_supervised_ones(tmp_path):
+    from dataclasses import asdict
+
+    from koala_core.ablation import baseline_differences
+
+    def trained_as(cfg, folder):
+        train = asdict(cfg)
+        if not cfg.adversary.enabled:
+            train.pop("adversary")  # as a supervised checkpoint records it
+        folder.mkdir()
+        (folder / "koala.json").write_text(json.dumps(
+            {"recipe": {"train": train, "loss": "ce", "data": {"hash": "h"}}, "head_config": {}}))
+        return folder
+
+    supervised = TrainConfig(head="medusa")
+    adversarial = replace(supervised, adversary=AdversaryConfig(discriminator="logit-mlp"))
+    assert baseline_differences(trained_as(replace(supervised, micro_batches=2), tmp_path / "s"),
+                                supervised, "h") == []
+    split = trained_as(replace(adversarial, micro_batches=2), tmp_path / "a")
+    assert baseline_differences(split, adversarial, "h") == [
+        "micro_batches: 2 there, 1 here (the adversarial game draws per micro-batch)"]
+    assert baseline_differences(split, replace(adversarial, micro_batches=2), "h") == []
+
+
 def test_ablation_reuses_a_baseline_only_if_it_is_that_configuration(prepared, registry, tmp_path):
     """A shipped head trained at the ablation's budget stands in for its configuration (an hour
     less of training at the shipped budget), but only when its settings and data match."""
