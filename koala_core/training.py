@@ -221,7 +221,8 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
         post = {}
         chunks = [picks[i * chunk:(i + 1) * chunk] for i in share]
         split_game = adversary is not None and config.micro_batches > 1
-        if split_game:  # the discriminator first learns from the whole batch (see adversary.py)
+        if split_game and adversary.stopped_at is None:  # the discriminator first learns from
+            # the whole batch (see adversary.py); a game given up costs no extra forward pass
             adversary.update(*gathered_samples(head, sampler, chunks, share, adversary, step, config),
                              step=step, workers=workers)
         for j, i in enumerate(share):
