@@ -70,9 +70,7 @@ class Workers:
         the same everywhere)."""
         if not self.distributed:
             return value
-        backend = torch.distributed.get_backend()
-        where = device if device is not None and backend == "nccl" else "cpu"
-        t = torch.tensor([value], dtype=torch.float64, device=where)
+        t = self._scalars([value], device)
         torch.distributed.broadcast(t, src=0)
         return float(t.item())
 
@@ -80,10 +78,15 @@ class Workers:
         """The mean of each of ``values`` over the workers (as they are in one process)."""
         if not self.distributed:
             return values
-        where = device if device is not None and torch.distributed.get_backend() == "nccl" else "cpu"
-        t = torch.tensor(values, dtype=torch.float64, device=where)
+        t = self._scalars(values, device)
         torch.distributed.all_reduce(t)
         return (t / self.world).tolist()
+
+    @staticmethod
+    def _scalars(values: list[float], device) -> torch.Tensor:
+        """``values`` as a float64 tensor where the backend can send it (NCCL: the GPU)."""
+        nccl = device is not None and torch.distributed.get_backend() == "nccl"
+        return torch.tensor(values, dtype=torch.float64, device=device if nccl else "cpu")
 
     def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
         """Every worker's ``t`` (any number of rows, the same trailing shape) concatenated in

@@ -214,13 +214,13 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
         return workers.from_main((before + time.perf_counter() - t0) / budget, target.device)
 
     stopped_by_time = False
+    split_game = adversary is not None and config.micro_batches > 1  # see adversary.py
     while step < config.steps:
         picks = sampler.picks(config.batch_size, gen)  # the same global batch on every worker
         opt.zero_grad(set_to_none=True)
         loss_sum = supervised = g_adv = 0.0  # this worker's share, averaged over its micro-batches
         post = {}
         chunks = [picks[i * chunk:(i + 1) * chunk] for i in share]
-        split_game = adversary is not None and config.micro_batches > 1
         if split_game and adversary.stopped_at is None:  # the discriminator first learns from
             # the whole batch (see adversary.py); a game given up costs no extra forward pass
             adversary.update(*gathered_samples(head, sampler, chunks, share, adversary, step, config),
