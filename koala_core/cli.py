@@ -784,8 +784,8 @@ def evaluate(checkpoint, data, split, window, prompts, offset, limit, depth, max
         report["free_running"] = {"prompts": prompts, "offset": offset, "count": len(chosen),
                                   **stats.as_dict()}
         lines.append(f"{ck.folder.name} free-running on {len(chosen)} prompts of {prompts} "
-                     f"(chain of {depth}, {stats.steps} steps): acceptance per depth "
-                     + " ".join(f"{a:.3f}" for a in stats.rates) + f", tau {stats.tau:.2f}")
+                     f"(chain of {depth}, {stats.steps} steps): acceptance per depth (trials: "
+                     f"95 % interval) {stats.describe()}, tau {stats.tau:.2f}")
     click.echo(json.dumps(report) if as_json else "\n".join(lines))
 
 

@@ -19,6 +19,22 @@ def test_chain_acceptance_counts_each_depth_given_the_ones_before():
     assert stats.reached == [5, 4, 2] and stats.accepted == [4, 3, 1]
     assert stats.rates == [0.8, 0.75, 0.5]
     assert stats.tau == pytest.approx((1 + 2 + 4 + 3 + 3) / 5)
+    # fewer trials, a wider interval around each rate; none without trials
+    (lo1, hi1), (lo2, hi2), (lo3, hi3) = stats.intervals
+    assert lo1 < 0.8 < hi1 and lo3 < 0.5 < hi3 and hi3 - lo3 > hi1 - lo1
+    assert ChainAcceptance(depth=1).intervals == [(0.0, 1.0)]
+    assert stats.describe().startswith("0.800 (5: ")
+
+
+def test_wilson_interval_matches_the_closed_form():
+    from koala_core.acceptance import wilson
+
+    lo, hi = wilson(45, 100)  # the textbook example: 0.45 of 100 -> 0.356-0.548
+    assert lo == pytest.approx(0.3561, abs=1e-4) and hi == pytest.approx(0.5476, abs=1e-4)
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and 0.27 < hi < 0.31  # never below 0, and not 0 wide at p = 0
+    lo, hi = wilson(1000, 1000)
+    assert hi == 1.0 and lo > 0.99
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +66,7 @@ def test_eval_reports_both_measures(trained):
     assert free["count"] == 2 and len(free["rates"]) == 3 and free["steps"] > 0
     assert free["reached"][0] == free["steps"]  # every step drafts depth 1
     assert all(0 <= r <= 1 for r in free["rates"]) and free["tau"] >= 1
+    assert all(lo <= r <= hi for r, (lo, hi) in zip(free["rates"], free["intervals"]))
 
 
 def test_eval_needs_something_to_measure_and_data_with_the_heads_layers(trained, tmp_path):
