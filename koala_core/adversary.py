@@ -25,14 +25,13 @@ training goes on supervised, with a message naming the settings to change.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 
 import torch
 
 from .errors import KoalaError
 from .interfaces import DepthOutput
-from .tensors import load_optimizer, optimizer_tensors
+from .tensors import keyed_generator, load_optimizer, optimizer_tensors
 from .train_config import AdversaryConfig
 
 
@@ -73,8 +72,7 @@ class Adversary:
         """The random stream of one micro-batch's draws at one step (its own, whichever worker
         runs it): ``what`` is ``"d"`` (the discriminator's samples), ``"g"`` (the head's) or
         ``"noise"`` (the update's instance noise, ``micro_batch`` -1)."""
-        key = hashlib.blake2b(f"{self.seed}/{step}/{micro_batch}/{what}".encode(), digest_size=8)
-        return torch.Generator().manual_seed(int.from_bytes(key.digest(), "little") >> 1)
+        return keyed_generator(self.seed, step, micro_batch, what)
 
     @staticmethod
     def _noisy(x: torch.Tensor, spread: torch.Tensor, sigma: float,

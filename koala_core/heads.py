@@ -29,6 +29,9 @@ class TrainBatch:
     aux: the inputs of the decoder layers listed by the head's ``aux_layers`` (EAGLE-3).
     counted_only: depth outputs keep only the rows whose loss weight is > 0 (what training and
     validation read: same losses, less LM-head work); off, they keep every (b, t) row in order.
+    rng: this micro-batch's own random stream in training (keyed by seed, step and micro-batch:
+    the same draws on any number of workers and after a resume), for heads that augment their
+    inputs; None: torch's global generator.
     """
 
     input_ids: torch.Tensor
@@ -39,6 +42,7 @@ class TrainBatch:
     topk_logp: torch.Tensor | None = None
     aux: torch.Tensor | None = None  # inputs of the head's aux layers, (B, L, n * D), if it has any
     counted_only: bool = False
+    rng: torch.Generator | None = None
 
 
 class NeuralHead(DraftHead):

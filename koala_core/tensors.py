@@ -1,9 +1,19 @@
 """Small tensor helpers shared across koala, one of each: additive attention masks, weighted means,
-and optimizer state as flat tensors (for safetensors training states, never pickle)."""
+keyed random streams, and optimizer state as flat tensors (for safetensors training states, never
+pickle)."""
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
+
+
+def keyed_generator(*key) -> torch.Generator:
+    """A CPU random stream determined by ``key`` alone (e.g. seed, step, micro-batch, purpose): the
+    same draws whichever worker makes them and after any resume, with no state to save."""
+    digest = hashlib.blake2b("/".join(map(str, key)).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
 def additive_mask(allow: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

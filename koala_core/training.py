@@ -24,7 +24,7 @@ from .distributed import Workers, no_sync
 from .errors import ConfigError, KoalaError
 from .heads import NeuralHead, TrainBatch
 from .kernels import warn_if_bf16_emulated
-from .tensors import load_optimizer, optimizer_tensors
+from .tensors import keyed_generator, load_optimizer, optimizer_tensors
 from .train_config import AdversaryConfig, TrainConfig
 
 
@@ -40,8 +40,8 @@ class WindowSampler:
             self.starts.append(self.starts[-1] + n)
         self.lengths = lengths
 
-    def batch(self, picks: list[tuple[int, int]]) -> TrainBatch:
-        """picks: (conversation, offset) pairs -> a padded TrainBatch."""
+    def batch(self, picks: list[tuple[int, int]], rng: torch.Generator | None = None) -> TrainBatch:
+        """picks: (conversation, offset) pairs -> a padded TrainBatch (``rng``: its random stream)."""
         L = self.window
         s = {}
         for k in ("input_ids", "hidden", "labels", "loss_mask", "topk_ids", "topk_logp", "aux"):
@@ -58,7 +58,7 @@ class WindowSampler:
             s[k] = buf.float() if buf.is_floating_point() else buf
         return TrainBatch(s["input_ids"].long(), s["hidden"], s["labels"].long(),
                           s["loss_mask"].float(), s.get("topk_ids"), s.get("topk_logp"), s.get("aux"),
-                          counted_only=True)
+                          counted_only=True, rng=rng)
 
     def picks(self, batch_size: int, gen: torch.Generator) -> list[tuple[int, int]]:
         """Random (conversation, offset) windows of one global batch."""
@@ -226,7 +226,7 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
             adversary.update(*gathered_samples(head, sampler, chunks, share, adversary, step, config),
                              step=step, workers=workers)
         for j, i in enumerate(share):
-            batch = sampler.batch(chunks[j])
+            batch = sampler.batch(chunks[j], batch_rng(config, step, i))
             with no_sync(model, last=j == len(share) - 1), config.autocast(target.device):
                 outs = [head.to_draft_space(o) for o in model(batch)]
                 losses = [loss_fn(o) for o in outs]
@@ -297,13 +297,19 @@ def train(target, data: str | Path | list, out: str | Path, config: TrainConfig 
     return metrics
 
 
+def batch_rng(config: TrainConfig, step: int, micro_batch: int) -> torch.Generator:
+    """The random stream of micro-batch ``micro_batch`` (of the whole step's) at ``step``."""
+    return keyed_generator(config.seed, step, micro_batch, "batch")
+
+
 def gathered_samples(head, sampler, chunks, share, adversary, step: int, config: TrainConfig):
     """This worker's discriminator samples from each of its micro-batches (a forward pass without
     gradients at the weights of this step), drawn from each micro-batch's own stream."""
     parts = []
     with torch.no_grad(), config.autocast(next(head.parameters()).device):
         for picked, i in zip(chunks, share):
-            outs = [head.to_draft_space(o) for o in head(sampler.batch(picked))]
+            batch = sampler.batch(picked, batch_rng(config, step, i))  # the main pass's draws
+            outs = [head.to_draft_space(o) for o in head(batch)]
             parts.append(adversary.samples(outs, adversary.stream(step, i, "d"), config.micro_batches))
     return [torch.cat(rows) for rows in zip(*parts)]
 

@@ -106,6 +106,36 @@ def test_eagle_extra_layers_can_be_narrower(registry):
         make_head(registry, "eagle", target, 2, extra_intermediate=-1)
 
 
+def test_eagle_feature_noise_augments_the_read_features_in_training_only(registry):
+    from koala_core.errors import ConfigError
+    from koala_core.tensors import keyed_generator
+
+    target = tiny_target()
+    torch.manual_seed(0)
+    plain = make_head(registry, "eagle", target)
+    noisy = make_head(registry, "eagle", target, feature_noise=0.5)
+    noisy.load_state_dict(plain.state_dict())
+    batch = random_batch(target)
+
+    def outs(head, key):
+        batch.rng = keyed_generator(*key)
+        return head.train_outputs(batch)[0]
+
+    clean = outs(plain, (0, 0, 0))
+    first, again = outs(noisy, (0, 0, 0)), outs(noisy, (0, 0, 0))
+    other = outs(noisy, (0, 1, 0))
+    # the stream decides the noise: the same key gives the same draws, another key others
+    torch.testing.assert_close(first.features, again.features)
+    assert not torch.allclose(first.features, clean.features)
+    assert not torch.allclose(first.features, other.features)
+    # what the head is trained towards stays the target's true next features
+    torch.testing.assert_close(first.target_features, clean.target_features)
+    noisy.eval()  # validation and drafting read the features as they are
+    torch.testing.assert_close(outs(noisy, (0, 0, 0)).features, clean.features)
+    with pytest.raises(ConfigError, match="feature_noise"):
+        make_head(registry, "eagle", target, feature_noise=-0.1)
+
+
 @pytest.mark.parametrize("family", FAMILIES + ["eagle3", "hydra-prefix", "eagle-narrow"])
 @pytest.mark.parametrize("policy", ["chain", "static", "dynamic", "auto"])
 def test_heads_draft_losslessly(registry, family, policy):

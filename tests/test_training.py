@@ -161,9 +161,13 @@ def test_unknown_precision_is_refused():
         TrainConfig(precision="fp8")
 
 
-def test_resume_continues_from_the_saved_step(prepared, registry, tmp_path):
+@pytest.mark.parametrize("head,options", [
+    ("hydra", {"heads": 2, "draft_vocab": 64}),
+    ("eagle", {"draft_vocab": 64, "feature_noise": 0.2}),  # random draws in every step
+])
+def test_resume_continues_from_the_saved_step(prepared, registry, tmp_path, head, options):
     target, data = prepared
-    base = dict(head="hydra", head_options={"heads": 2, "draft_vocab": 64}, batch_size=2,
+    base = dict(head=head, head_options=options, batch_size=2,
                 window=32, warmup=2, eval_every=100, save_every=3, seed=5)
     train(target, data, tmp_path / "full", TrainConfig(steps=6, **base), registry=registry,
           progress=False)

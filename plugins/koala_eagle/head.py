@@ -48,6 +48,10 @@ class EagleHead(NeuralHead):
         ttt_steps: int = field(default=1, metadata={
             "help": "training-time test: steps unrolled on the head's own outputs in training "
                     "(trains depths 1..n; EAGLE-3 heads need >= 2 to draft past depth 1)"})
+        feature_noise: float = field(default=0.0, metadata={
+            "help": "training only: uniform noise U(-a, a) times each feature's RMS added to the "
+                    "features the first step reads (EAGLE-1's augmentation: deeper draft steps read "
+                    "the head's own, imperfect features); 0 = none"})
         extra_intermediate: int = field(default=0, metadata={
             "help": "MLP width of decoder layers 2..K (0 = the target's): a cheaper K-layer head, "
                     "since a CPU draft step costs what its weights cost to read and the MLP holds "
@@ -56,6 +60,8 @@ class EagleHead(NeuralHead):
         def __post_init__(self):
             if self.layers < 1 or self.ttt_steps < 1:
                 raise ConfigError("eagle: layers and ttt_steps must be >= 1")
+            if self.feature_noise < 0:
+                raise ConfigError("eagle: feature_noise must be >= 0 (0 = none)")
             if self.extra_intermediate < 0:
                 raise ConfigError("eagle: extra_intermediate must be >= 0 (0 = the target's width)")
 
@@ -189,6 +195,16 @@ class EagleHead(NeuralHead):
             self.slot[n] = used + r
 
     # -- training ------------------------------------------------------------------------------
+    def noisy(self, feats: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+        """``feats`` plus ``feature_noise`` uniform noise scaled by each row's RMS, in training only
+        (the regression targets stay the true features)."""
+        a = self.config.feature_noise
+        if not a or not self.training:
+            return feats
+        u = torch.rand(feats.shape, generator=rng).to(feats.device, feats.dtype)
+        rms = feats.detach().pow(2).mean(-1, keepdim=True).sqrt()
+        return feats + a * (2 * u - 1) * rms
+
     def train_outputs(self, batch: TrainBatch) -> list[DepthOutput]:
         """Depth 1 teacher-forced: row t reads [emb(x_{t+1}); f_t] and predicts f_{t+1} (its token
         label: the target's label at t+1). With ``ttt_steps`` n > 1, step s (depth s + 1) reads
@@ -197,7 +213,7 @@ class EagleHead(NeuralHead):
         h = batch.hidden  # (B, L, D): f_t
         B, L, _ = h.shape
         pos = torch.arange(L, device=h.device).expand(B, L)
-        feats = self.features_in(h, batch.aux)
+        feats = self.noisy(self.features_in(h, batch.aux), batch.rng)
         steps = self.config.ttt_steps
         cache = GrowingKV() if steps > 1 else None
         outs = []
