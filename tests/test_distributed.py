@@ -30,9 +30,9 @@ def setup(tmp_path_factory):
     return root
 
 
-def koala_train(root, out, steps, workers=1, launcher="torchrun", resume=False, extra=()):
+def koala_train(root, out, steps, workers=1, launcher="torchrun", resume=False, extra=(), base=ARGS):
     args = ["train", "--model", str(root / "model"), "--data", str(root / "data"), "--out",
-            str(out), "--steps", str(steps), *ARGS, *extra] + (["--resume"] if resume else [])
+            str(out), "--steps", str(steps), *base, *extra] + (["--resume"] if resume else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     if workers == 1:
         cmd = [sys.executable, "-m", "koala_core.cli", *args]
@@ -120,6 +120,15 @@ def test_the_adversarial_game_on_two_workers_matches_one_process(setup, tmp_path
     koala_train(setup, tmp_path / "mixed", 6, resume=True, extra=ADVERSARIAL)
     assert_same_training(tmp_path / "one.train-state", tmp_path / "mixed.train-state",
                          parts=("head.", "disc."))
+
+
+def test_random_input_augmentation_on_two_workers_matches_one_process(setup, tmp_path):
+    """EAGLE's feature noise is drawn from each micro-batch's own stream (seed, step, micro-batch),
+    not from a worker's global generator: 2 workers draw what one process draws."""
+    eagle = ["--head", "eagle", "--head-option", "feature_noise=0.3"] + ARGS[4:]  # not Hydra's options
+    koala_train(setup, tmp_path / "one", 4, base=eagle)
+    koala_train(setup, tmp_path / "two", 4, workers=2, base=eagle)
+    assert_same_training(tmp_path / "one.train-state", tmp_path / "two.train-state")
 
 
 def test_workers_that_do_not_divide_the_micro_batches_are_refused(setup, tmp_path):
