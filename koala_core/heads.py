@@ -114,6 +114,11 @@ class NeuralHead(DraftHead):
             return self.to(dtype)
         return self.use_kernels(getattr(self.target, "kernels", "torch"))
 
+    def start_added_layers(self, first: int) -> None:
+        """After a warm start from a head with ``first`` layers (``koala train --init`` growing K):
+        make layers ``first``.. start as the identity, so that the grown head begins by computing
+        what the trained one did. Residual SiLU blocks (Medusa, Hydra) start so already."""
+
     def load_state_dict(self, state, strict: bool = True, assign: bool = False):
         out = super().load_state_dict(state, strict=strict, assign=assign)
         self._index_vocab()

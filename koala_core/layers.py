@@ -123,6 +123,14 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), positions, mask, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def as_identity(self) -> DecoderLayer:
+        """Zero both residual branches' output projections: the layer passes its input through
+        (and learns from there: those projections get gradients at once, the rest after)."""
+        with torch.no_grad():
+            self.self_attn.o_proj.weight.zero_()
+            self.mlp.down_proj.weight.zero_()
+        return self
+
 
 class FusedInputLayer(nn.Module):
     """EAGLE-3's first layer: its input is [embedding; feature] (2D wide); attention reads both,

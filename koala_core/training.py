@@ -126,7 +126,9 @@ def evaluate(head: NeuralHead, sampler: WindowSampler, batch_size: int = 16) -> 
 
 def warm_start(head: NeuralHead, folder: str | Path, target, registry) -> None:
     """Load a trained checkpoint's weights and draft vocabulary into ``head`` (fine-tuning): same
-    head family and parameter shapes; options that change no weight (e.g. ``ttt_steps``) may differ."""
+    head family and parameter shapes; options that change no weight (e.g. ``ttt_steps``) may differ.
+    A head with more ``layers`` than the checkpoint's grows (KOALA's K from a trained K = 1 head):
+    the trained layers are loaded, the added ones start as the identity."""
     from .checkpoint import Checkpoint
 
     ck = Checkpoint.open(folder)
@@ -134,11 +136,19 @@ def warm_start(head: NeuralHead, folder: str | Path, target, registry) -> None:
     if name is not None and ck.plugin != name:
         raise ConfigError(f"--init {folder}: a {ck.plugin!r} checkpoint cannot start a {name!r} head")
     trained = ck.build_head(target, registry, "float32")
+    state = trained.state_dict()
+    had = getattr(trained.config, "layers", None)
+    grows = had is not None and getattr(head.config, "layers", had) > had
     try:
-        head.load_state_dict(trained.state_dict(), strict=True)
+        if grows:  # the trained head must fit this head cut to its K: only the layers differ
+            options = {**dataclasses.asdict(head.config), "layers": had}
+            registry.create("heads", ck.plugin, options, target=target).load_state_dict(state)
+        head.load_state_dict(state, strict=not grows)
     except RuntimeError as exc:
         raise ConfigError(f"--init {folder}: its weights do not fit this head's options "
                           f"({ck.meta['head_config']} vs {head.config}): {exc}") from None
+    if grows:
+        head.start_added_layers(had)
     head.train()
 
 

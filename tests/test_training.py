@@ -239,7 +239,8 @@ def test_checkpoint_errors_are_clear(prepared, registry, tmp_path):
 
 def test_init_starts_from_a_checkpoint_and_refuses_another_shape(prepared, registry, tmp_path):
     """--init: fine-tuning starts from the checkpoint's weights and draft vocabulary (here adding
-    training-time test, which changes no weight); a head of other shapes is refused, not resized."""
+    training-time test, which changes no weight); a head of other shapes is refused, not resized
+    (more layers, and nothing else different, grow it: the next test)."""
     target, data = prepared
     base = dict(head="eagle", batch_size=2, window=32, warmup=2, eval_every=100, seed=5)
     train(target, data, tmp_path / "a", TrainConfig(steps=3, head_options={"draft_vocab": 64}, **base),
@@ -254,7 +255,7 @@ def test_init_starts_from_a_checkpoint_and_refuses_another_shape(prepared, regis
         torch.testing.assert_close(second.state_dict()[k], v, atol=1e-3, rtol=1e-3)
     meta = json.loads((tmp_path / "b" / "koala.json").read_text())
     assert meta["recipe"]["train"]["init"] == str(tmp_path / "a")
-    other = TrainConfig(steps=1, head_options={"draft_vocab": 64, "layers": 2},
+    other = TrainConfig(steps=1, head_options={"draft_vocab": 32, "layers": 2},
                         init=str(tmp_path / "a"), **base)
     with pytest.raises(ConfigError, match="do not fit"):
         train(target, data, tmp_path / "c", other, registry=registry, progress=False)
@@ -267,6 +268,43 @@ def test_init_starts_from_a_checkpoint_and_refuses_another_shape(prepared, regis
             steps=1, head_options={"draft_vocab": 64}, init=str(tmp_path / "nope"), **base),
             registry=registry, progress=False)
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("family,options", [
+    ("eagle", {"draft_vocab": 64}),
+    ("hydra", {"draft_vocab": 64, "heads": 2}),
+    ("medusa", {"draft_vocab": 64, "heads": 2}),
+])
+def test_init_grows_a_trained_head_by_layers_that_start_as_the_identity(prepared, registry, tmp_path,
+                                                                         family, options):
+    """KOALA's K from a trained K = 1 head: --init with more layers loads the trained ones and
+    starts the added ones as the identity, so the grown head first computes what the trained one
+    did, then trains every layer."""
+    from koala_core.training import WindowSampler, warm_start
+
+    target, data = prepared
+    base = dict(head=family, batch_size=2, window=32, warmup=2, eval_every=100, seed=5)
+    train(target, data, tmp_path / "k1", TrainConfig(steps=3, head_options=options, **base),
+          registry=registry, progress=False)
+    trained = load_head(tmp_path / "k1", target, registry)
+    grown = registry.create("heads", family, {**options, "layers": 3}, target=target)
+    warm_start(grown, tmp_path / "k1", target, registry)
+    from koala_core.data import load_split
+
+    batch = WindowSampler(load_split(data, "val"), 32, "cpu").batch([(0, 0), (1, 0)])
+    grown.eval()
+    with torch.no_grad():
+        for a, b in zip(trained.train_outputs(batch), grown.train_outputs(batch)):
+            torch.testing.assert_close(b.logits, a.logits, atol=1e-5, rtol=1e-4)
+    # and training moves the added layers too
+    train(target, data, tmp_path / "k3", TrainConfig(steps=2, head_options={**options, "layers": 3},
+                                                      init=str(tmp_path / "k1"), **base),
+          registry=registry, progress=False)
+    after = load_head(tmp_path / "k3", target, registry).state_dict()
+    added = [k for k in after if k not in trained.state_dict()]
+    assert added and any(after[k].abs().sum() > 0 and not torch.equal(after[k], grown.state_dict()[k])
+                         for k in added)
+    assert json.loads((tmp_path / "k3" / "koala.json").read_text())["head_config"]["layers"] == 3
 
 
 def test_hydra_prefix_layer_trains_and_round_trips(prepared, registry, tmp_path):

@@ -94,6 +94,10 @@ class EagleHead(NeuralHead):
             self._copy_target_layers()
         self.cache: KVCache | None = None
 
+    def start_added_layers(self, first: int) -> None:
+        for layer in self.layers[first:]:
+            layer.as_identity()
+
     @property
     def aux_layers(self) -> tuple[int, ...]:
         return self.fused
