@@ -205,9 +205,10 @@ class SpeculativeEngine:
             t0 = time.perf_counter()
             if self.head is not None and budget.max_depth > 0 and policy.should_draft(step):
                 ctx = DraftContext(tokens, unseen, budget, sampling, step, unseen_aux)
-                self.head.begin(ctx)
+                if policy.drafts_with_head():
+                    self.head.begin(ctx)
+                    unseen = unseen_aux = None
                 tree = policy.build(self.head, ctx)
-                unseen = unseen_aux = None
             else:  # plain decoding this step (no head, no room, or the policy's choice)
                 tree = Tree(root)
             shape = tree.shape()

@@ -124,6 +124,13 @@ class TreePolicy(abc.ABC):
         (the head's ``begin`` is skipped too, and sees the skipped states at its next call)."""
         return True
 
+    def drafts_with_head(self) -> bool:
+        """Whether the step :meth:`should_draft` just allowed needs the head. False: the policy
+        drafts from the context alone this step (copies of earlier text, say) and never calls the
+        head, so the engine skips the head's ``begin`` (it sees the skipped states at its next
+        call)."""
+        return True
+
     def observe(self, tree: Tree, path: list[int], draft_s: float, verify_s: float,
                 bonus: int | None = None) -> None:
         """Learn from the step just verified: the tree, the accepted ``path`` (node indices, root

@@ -279,3 +279,69 @@ def test_noisy_times_never_give_a_cost_at_or_below_zero(registry):
     policy.built, policy.levels = True, 1
     policy.observe(tree, [0], 0.0, 0.0)  # zero seconds everywhere: no gain known, no crash
     assert policy.gain() is None or policy.gain() >= 0
+
+
+class CountingWrongHead(WrongHead):
+    """WrongHead that records the decode steps at which the engine began it and expanded it."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.begun, self.expanded = [], []
+
+    def begin(self, ctx):
+        super().begin(ctx)
+        self.begun.append(ctx.step)
+
+    def expand(self, tree, nodes, k):
+        self.expanded.append(self.ctx.step)
+        return super().expand(tree, nodes, k)
+
+
+def test_while_drafting_is_off_copy_steps_draft_what_copying_proposes_without_the_head(registry):
+    """With copy proposals on, the steps between probes verify the chain that copying alone
+    proposes (the target repeats itself here), and neither begin nor expand the head."""
+    target = tiny_target(scale=4.0)
+    config = GenerationConfig(max_new_tokens=60, stop_at_eos=False)
+    truth = hf_greedy(target, PROMPT, 60)
+    results = {}
+    for copy in (0, 1):
+        # floor 2.0: drafting is switched off after `patience` steps whatever it yields
+        policy = registry.create("tree_policies", "auto", {"copy": copy, "floor": 2.0,
+                                                           "patience": 2, "probe_every": 8})
+        head = CountingWrongHead(target=target)
+        result = SpeculativeEngine(target, head, policy).generate(PROMPT, config)
+        assert result.token_ids == truth
+        summary = policy.summary()
+        assert summary["switched_off"] >= 1, summary
+        c = policy.counts
+        assert len(head.begun) == c["drafted_steps"] + c["shadow_steps"]  # never in a copy step
+        assert set(head.expanded) <= set(head.begun)
+        results[copy] = (result, summary)
+    (plain, off), (copying, on) = results[0], results[1]
+    assert off["copy_share"] == 0 and off["copied_tokens"] == 0
+    assert on["copy_share"] > 0.3 and on["copied_tokens"] > 10, on
+    assert copying.target_forwards < plain.target_forwards
+
+
+def test_a_head_skipped_by_copy_steps_catches_up_at_the_next_probe(registry):
+    """EAGLE keeps a KV cache of its own rows: after copy steps skipped its ``begin``, the next
+    probe builds the rows of every token they committed (the output stays the target's)."""
+    target = tiny_target(scale=4.0)
+    head = registry.create("heads", "eagle", {"draft_vocab": 0}, target=target)
+    policy = registry.create("tree_policies", "auto", {"copy": 1, "floor": 2.0, "patience": 2,
+                                                       "probe_every": 3})
+    rows = []
+    begin = head.begin
+
+    def recording_begin(ctx):
+        rows.append(ctx.hidden.shape[0])
+        # over its begins the head has seen the target's state of every committed token once
+        assert sum(rows) == len(ctx.tokens) - 1
+        begin(ctx)
+
+    head.begin = recording_begin
+    result = SpeculativeEngine(target, head, policy).generate(
+        PROMPT, GenerationConfig(max_new_tokens=48, stop_at_eos=False))
+    assert result.token_ids == hf_greedy(target, PROMPT, 48)
+    assert policy.counts["copy_steps"] > 0
+    assert len(rows) < result.target_forwards  # begins were skipped, and caught up after

@@ -28,6 +28,14 @@ would (a moving average of their measured rate over ``1 / verify(1)``; say, a tr
 on which every draft is rejected), the policy stops drafting altogether (``should_draft`` is
 False: no draft, no extra verify rows) and probes again every ``probe_every`` steps. Its choices are counted in
 :meth:`AutoPolicy.summary` (printed by ``koala generate --verbose``, stored by ``koala bench``).
+
+*Copy steps*: with copy proposals on (``copy=N``), the steps while drafting is switched off are not
+plain: the policy drafts the chain that copying alone proposes (what followed an earlier occurrence
+of the context's last N+ tokens: a dictionary lookup, the head is not run) and verifies as much of
+it as pays by the same rule, none where nothing matches. An answer that starts repeating itself or
+its prompt (a failing translation looping on a phrase) is then copied as prompt lookup would,
+instead of decoded token by token until the next probe. Copy steps do not count as drafting
+evidence for the floor; what they verify calibrates acceptance like any other node.
 """
 
 from __future__ import annotations
@@ -104,6 +112,9 @@ class AutoPolicy(CopyingPolicy):
             "help": "curve: this machine's saved `koala cost` curve, scaled to the measured tree "
                     "steps (keeps its bumps; a line fit where no curve is saved); fit: a line "
                     "a + b n through the measured tree steps"})
+        copy_steps: bool = field(default=True, metadata={
+            "help": "with copy proposals on: while drafting is switched off, verify what copying "
+                    "alone proposes (no head) instead of decoding plainly"})
         min_path: float = field(default=0.02, metadata={
             "help": "stop expanding when no frontier path is this likely to be accepted"})
 
@@ -138,10 +149,11 @@ class AutoPolicy(CopyingPolicy):
         self.probing = False
         self.paused = False  # drafting was switched off in this generation
         self.built = False  # whether this step's tree came from build (else: a plain step)
+        self.copy_only = False  # this step drafts copies alone (drafting is switched off)
         self.unverified: list[tuple[int, float]] = []  # depth-1 guesses built but not verified
         self.step = 0
         self.counts = {"steps": 0, "drafted_steps": 0, "shadow_steps": 0, "plain_steps": 0,
-                       "switched_off": 0, "nodes": 0}
+                       "copy_steps": 0, "copied": 0, "switched_off": 0, "nodes": 0}
         self.forecast = 1.0  # tokens the chosen tree was expected to yield (1 + its path probabilities)
         self.tally = [0.0, 0.0]  # over verified trees: forecast tokens, tokens they yielded
 
@@ -212,11 +224,17 @@ class AutoPolicy(CopyingPolicy):
             self.gen = [0.0, 0.0]
             self.pause, self.paused = self.config.probe_every, False
             self.off_until = 0 if 1 in self.verify else 1  # measure a plain step first
+        # while switched off: plain steps, or copy steps where copy proposals are on
+        self.copy_only = (step < self.off_until and self.paused and bool(self.config.copy)
+                          and self.config.copy_steps)
         if step < self.off_until:
-            return False
+            return self.copy_only
         if step == self.off_until and self.paused:
             self.probing = True  # the first drafting step after a pause
         return True
+
+    def drafts_with_head(self) -> bool:
+        return not self.copy_only
 
     def build(self, head: DraftHead, ctx: DraftContext) -> Tree:
         cfg = self.config
@@ -227,6 +245,8 @@ class AutoPolicy(CopyingPolicy):
             target = getattr(head, "target", None)
             self.saved = (saved_ratios(target) if target is not None else None) or {}
         head = self.drafter(head, ctx)
+        if self.copy_only:
+            return self.copy_chain(head, ctx)
         tree = Tree(ctx.root)
         path_p = [1.0]  # probability that the target accepts each node's whole path
         frontier = [0]
@@ -265,6 +285,30 @@ class AutoPolicy(CopyingPolicy):
                            if tree.parents[i] == 0 and i not in kept]
         return tree.keep(ranked[:best_n])
 
+    def copy_chain(self, drafter, ctx: DraftContext) -> Tree:
+        """A copy step: the chain that copy proposals alone make from the root (the head is not
+        run), cut where verifying more rows stops paying (no draft time: a lookup costs ~0)."""
+        cfg = self.config
+        tree = Tree(ctx.root)
+        path_p = [1.0]
+        for _ in range(min(cfg.max_depth, ctx.budget.max_depth, ctx.budget.max_nodes)):
+            found = drafter.copy_of(tree, len(tree) - 1)
+            if found is None:
+                break
+            token, p = found
+            node = tree.add(len(tree) - 1, token, math.log(p))
+            # calibrated, but not scaled by how this generation's *head* fared (it switched off)
+            path_p.append(path_p[-1] * min(1.0, self.acceptance(tree.depths[node], p)))
+        best_n, best_rate, expected = 0, 1.0 / self.verify_s(1), 1.0
+        for n in range(1, len(tree)):
+            expected += path_p[n]
+            rate = expected / self.verify_s(n + 1)
+            if rate > best_rate:
+                best_n, best_rate = n, rate
+        self.levels, self.unverified = 0, []
+        self.forecast = 1.0 + sum(path_p[1:best_n + 1])
+        return tree.keep(list(range(1, best_n + 1)))
+
     def learn(self, depth: int, p: float, hit: bool) -> None:
         """One graded guess: a node of draft probability ``p`` (given its parent) at ``depth``."""
         cell = self.table[(min(depth, DEPTHS), min(int(p * BUCKETS), BUCKETS - 1))]
@@ -298,6 +342,11 @@ class AutoPolicy(CopyingPolicy):
         if not built:  # a plain step: nothing drafted
             self.counts["plain_steps"] += 1
             return
+        if self.copy_only:  # not the head's drafting: no evidence for the floor or its costs
+            self.counts["copy_steps"] += 1
+            self.counts["copied"] += len(path) - 1
+            self.learn_tree(tree, path)
+            return
         self.draft.add(draft_s)
         if self.levels:
             self.per_level.add(draft_s / self.levels)
@@ -327,11 +376,15 @@ class AutoPolicy(CopyingPolicy):
         self.counts["nodes"] += n - 1
         self.tally[0] += self.forecast
         self.tally[1] += len(path)
+        self.learn_tree(tree, path)
+
+    def learn_tree(self, tree: Tree, path: list[int]) -> None:
+        """Grade every verified node whose parent was accepted (the others were never tried)."""
         accepted = set(path)
-        for i in range(1, n):
+        for i in range(1, len(tree)):
             parent = tree.parents[i]
             if parent not in accepted:
-                continue  # never tried: its parent was rejected
+                continue
             self.learn(tree.depths[i], math.exp(tree.scores[i] - tree.scores[parent]), i in accepted)
 
     def summary(self) -> dict:
@@ -341,6 +394,8 @@ class AutoPolicy(CopyingPolicy):
         return {"policy": "auto", "steps": c["steps"],
                 "drafting_share": round(c["drafted_steps"] / max(c["steps"], 1), 3),
                 "shadow_share": round(c["shadow_steps"] / max(c["steps"], 1), 3),
+                "copy_share": round(c["copy_steps"] / max(c["steps"], 1), 3),
+                "copied_tokens": c["copied"],  # accepted in copy steps
                 "mean_nodes": round(c["nodes"] / drafted, 2), "switched_off": c["switched_off"],
                 # tokens per verified tree: what the calibration forecast against what came
                 "forecast_tau": round(self.tally[0] / drafted, 3),
