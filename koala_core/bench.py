@@ -252,6 +252,7 @@ def markdown_table(results: dict) -> str:
              "speedup = per-prompt seconds/token of vanilla over the method's (median [min-max]).", ""]
     lines += _table(results["methods"])
     lines += noise_note(results)
+    lines += adaptive_trees(results["methods"])
     lines += _category_pivot(results.get("by_category", {}))
     for category, rows in results.get("by_category", {}).items():
         lines += ["", f"## {category or '(no category)'} ({rows[0]['prompts']} prompts)", ""]
@@ -273,6 +274,28 @@ def noise_note(results: dict) -> list[str]:
     if cats:
         text += f"; per-category medians {min(cats):.2f}-{max(cats):.2f}x"
     return ["", text + ". Differences inside that range are not measurements."]
+
+
+def adaptive_trees(methods: list[dict]) -> list[str]:
+    """What each adaptive tree policy (``auto``) chose over the run, from its summary in the
+    method's ``tree``: how often it drafted, shadow-drafted, copied alone or was switched off, how
+    big its trees were, and the tokens per tree it forecast against those it got."""
+    rows = [m for m in methods if "drafting_share" in (m.get("tree") or {})]
+    if not rows:
+        return []
+    lines = ["", "## What the adaptive trees chose", "",
+             "| method | drafting steps | shadow steps | copy steps (tokens copied) | switched off "
+             "| mean nodes | forecast / actual tokens per tree | draft ms (recent) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in rows:
+        t = m["tree"]
+        copies = (f"{t['copy_share']:.1%} ({t.get('copied_tokens', 0)})" if "copy_share" in t
+                  else "-")
+        lines.append(f"| {m['method']} | {t['drafting_share']:.1%} | {_fmt(t.get('shadow_share'), '.1%')} | "
+                     f"{copies} | {t.get('switched_off', '-')} | {_fmt(t.get('mean_nodes'))} | "
+                     f"{_fmt(t.get('forecast_tau'))} / {_fmt(t.get('tau_of_trees'))} | "
+                     f"{_fmt(t.get('draft_ms'), '.1f')} |")
+    return lines
 
 
 def _category_pivot(by_category: dict[str, list[dict]]) -> list[str]:

@@ -21,7 +21,10 @@ def test_bench_results_have_every_field(tmp_path, registry):
     methods = [Method("vanilla", SpeculativeEngine(target)),
                Method("lookup", SpeculativeEngine(target, registry.create("heads", "lookup"))),
                Method("hf-lookup", hf_target=target),
-               build_method("vanilla-again", target, registry)]
+               build_method("vanilla-again", target, registry),
+               Method("lookup-auto", SpeculativeEngine(target, registry.create("heads", "lookup"),
+                                                       registry.create("tree_policies", "auto",
+                                                                       {"copy": 1})))]
     results = run_bench(methods, target, prompts, GenerationConfig(24, stop_at_eos=False),
                         progress=False)
     write_report(results, tmp_path / "out")
@@ -45,12 +48,17 @@ def test_bench_results_have_every_field(tmp_path, registry):
     report = (tmp_path / "out" / "results.md").read_text()
     assert report.count("|") > 10
     pivot = report[report.index("## Median speedup (tau) per category"):].splitlines()
-    assert pivot[2] == "| category | vanilla | lookup | hf-lookup | vanilla-again |"
+    assert pivot[2] == "| category | vanilla | lookup | hf-lookup | vanilla-again | lookup-auto |"
     assert pivot[4].startswith("| x (2) | 1.00x (1.00) | ") and pivot[5].startswith("| y (1) | ")
     assert pivot[4].split("|")[4].endswith(" (-) ")  # hf-lookup: no tau
     noise = next(line for line in report.splitlines() if line.startswith("Noise (A/A)"))
     lo, hi = again["speedup"]["min"], again["speedup"]["max"]
     assert f"per prompt {lo:.2f}-{hi:.2f}x" in noise and "per-category medians" in noise
+    # what the adaptive policy chose, one row per method that has one (`auto` here, not lookup's)
+    chose = report[report.index("## What the adaptive trees chose"):].split("\n\n")[1].splitlines()
+    auto = by_name["lookup-auto"]["tree"]
+    assert len(chose) == 3 and chose[2].startswith(f"| lookup-auto | {auto['drafting_share']:.1%} | ")
+    assert f"| {auto['switched_off']} | {auto['mean_nodes']:.2f} |" in chose[2]
     assert (tmp_path / "out" / "speedup.png").is_file()
     assert (tmp_path / "out" / "acceptance.png").is_file()
 
