@@ -273,17 +273,24 @@ class AutoPolicy(CopyingPolicy):
         # the best size; zero (a shadow step) when no tree pays for its extra verify rows: the
         # draft is paid for already, and the target's next token still grades the depth-1 guesses.
         # When drafting does not pay at all, the floor in observe() switches it off
-        best_n, best_rate, expected = 0, 1.0 / (draft + self.verify_s(1)), 1.0
-        for n in range(1, limit + 1):
-            expected += path_p[ranked[n - 1]]
-            rate = expected / (draft + self.verify_s(n + 1))
-            if rate > best_rate:
-                best_n, best_rate = n, rate
+        best_n = self.best_size([path_p[i] for i in ranked[:limit]], draft)
         kept = set(ranked[:best_n])
         self.forecast = 1.0 + sum(path_p[i] for i in kept)
         self.unverified = [(tree.tokens[i], math.exp(tree.scores[i])) for i in range(1, len(tree))
                            if tree.parents[i] == 0 and i not in kept]
         return tree.keep(ranked[:best_n])
+
+    def best_size(self, ranked_p: list[float], draft: float) -> int:
+        """How many of the candidate nodes (their path probabilities, best first) to verify: the
+        n maximising (1 + their sum) / (draft + verify(n + 1)); zero when no tree pays for its
+        extra verify rows (the draft is paid for already)."""
+        best_n, best_rate, expected = 0, 1.0 / (draft + self.verify_s(1)), 1.0
+        for n, p in enumerate(ranked_p, 1):
+            expected += p
+            rate = expected / (draft + self.verify_s(n + 1))
+            if rate > best_rate:
+                best_n, best_rate = n, rate
+        return best_n
 
     def copy_chain(self, drafter, ctx: DraftContext) -> Tree:
         """A copy step: the chain that copy proposals alone make from the root (the head is not
@@ -299,12 +306,7 @@ class AutoPolicy(CopyingPolicy):
             node = tree.add(len(tree) - 1, token, math.log(p))
             # calibrated, but not scaled by how this generation's *head* fared (it switched off)
             path_p.append(path_p[-1] * min(1.0, self.acceptance(tree.depths[node], p)))
-        best_n, best_rate, expected = 0, 1.0 / self.verify_s(1), 1.0
-        for n in range(1, len(tree)):
-            expected += path_p[n]
-            rate = expected / self.verify_s(n + 1)
-            if rate > best_rate:
-                best_n, best_rate = n, rate
+        best_n = self.best_size(path_p[1:], 0.0)
         self.levels, self.unverified = 0, []
         self.forecast = 1.0 + sum(path_p[1:best_n + 1])
         return tree.keep(list(range(1, best_n + 1)))
