@@ -1,8 +1,8 @@
-"""Draft precision, side by side in one process: each shipped head drafting in fp32, bf16 and
-weight-only int8 (the target verifies in fp32 either way), interleaved with plain decoding on the
-same prompts.
+"""Draft precision, side by side in one process: each shipped head drafting in fp32, bf16,
+weight-only int8 and int8-dynamic (int8 activations too; the target verifies in fp32 either way),
+interleaved with plain decoding on the same prompts.
 
-    python benchmarks/draft_dtype.py [--offset 16 --limit 8 --max-new-tokens 64 --dtypes float32,bfloat16,int8 --out bench-dd]
+    python benchmarks/draft_dtype.py [--offset 16 --limit 8 --max-new-tokens 64 --dtypes float32,bfloat16,int8,int8-dynamic --out bench-dd]
 """
 
 import argparse
@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--heads", default="hydra-k1,eagle-k1")
-    ap.add_argument("--dtypes", default="float32,bfloat16,int8")
+    ap.add_argument("--dtypes", default="float32,bfloat16,int8,int8-dynamic")
     ap.add_argument("--out", default="bench-dd")
     args = ap.parse_args()
     target = load_target("default")

@@ -17,7 +17,8 @@ from koala_core.registry import default_registry
 TREES = {"medusa": ("dynamic", {"depth": 3, "top_k": 3, "nodes": 8, "copy": 3}),
          "hydra": ("dynamic", {"depth": 3, "top_k": 3, "nodes": 8, "copy": 3}),
          "eagle": ("static", {"preset": "tiny", "copy": 3})}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8,
+          "int8-dynamic": torch.qint8}
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -27,6 +28,8 @@ def test_draft_step_latency(benchmark, bench_target, family, layers, dtype):
     target, reg = bench_target, default_registry()
     if dtype == "int8" and not kernels.int8_available():
         pytest.skip("no weight-only int8 kernel in this torch")
+    if dtype == "int8-dynamic" and not kernels.dynamic_int8_available():
+        pytest.skip("no fbgemm dynamic int8 linear in this torch")
     torch.manual_seed(0)
     options = {"layers": layers, **({"heads": 3} if family != "eagle" else {})}
     head = reg.create("heads", family, options, target=target).to(target.device)

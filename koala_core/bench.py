@@ -182,6 +182,7 @@ def run_bench(methods: list[Method], target, prompts: list[dict], config, repeat
     for m, row in zip(methods, results["methods"]):  # what an adaptive tree policy chose
         policy = getattr(m.engine, "tree_policy", None)
         row["tree"] = policy.summary() if hasattr(policy, "summary") else None
+        row["draft_dtype"] = getattr(getattr(m.engine, "head", None), "drafts_in", None)
     results["per_prompt"] = per_prompt(methods, runs, prompts)
     cats = sorted({p.get("category") or "" for p in prompts})
     if len(cats) > 1:
@@ -251,6 +252,7 @@ def markdown_table(results: dict) -> str:
              f"{meta.get('device', '')}; "
              "speedup = per-prompt seconds/token of vanilla over the method's (median [min-max]).", ""]
     lines += _table(results["methods"])
+    lines += draft_dtypes(results["methods"])
     lines += noise_note(results)
     lines += adaptive_trees(results["methods"])
     lines += _category_pivot(results.get("by_category", {}))
@@ -258,6 +260,14 @@ def markdown_table(results: dict) -> str:
         lines += ["", f"## {category or '(no category)'} ({rows[0]['prompts']} prompts)", ""]
         lines += _table(rows)
     return "\n".join(lines) + "\n"
+
+
+def draft_dtypes(methods: list[dict]) -> list[str]:
+    """Which trained heads drafted in what, said only where they differ (a recipe's draft_dtype)."""
+    kinds = {m["method"]: m["draft_dtype"] for m in methods if m.get("draft_dtype")}
+    if len(set(kinds.values())) < 2:
+        return []
+    return ["", "Draft dtypes: " + ", ".join(f"{name} {kind}" for name, kind in kinds.items()) + "."]
 
 
 def noise_note(results: dict) -> list[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .config import DRAFT_DTYPES
 from .errors import ConfigError, KoalaError
 from .server import ServeConfig as ServeDefaults
 
@@ -113,10 +114,11 @@ def engine_options(fn):
                           "decoding)."),
         kernels_option,
         click.option("--draft-dtype", default="auto", show_default=True,
-                     type=click.Choice(["auto", "float32", "bfloat16", "int8"]),
+                     type=click.Choice(DRAFT_DTYPES),
                      help="What a trained head drafts in (drafts need no exactness: the target "
-                          "verifies). auto: weight-only int8 on a CPU with torch's int8 kernel, "
-                          "bf16 on CUDA, else the target's dtype. int8: CPUs only."),
+                          "verifies). auto: on a CPU int8-dynamic (int8 weights and activations) "
+                          "where it has VNNI, else int8 (weight-only) with torch's int8 kernel; "
+                          "bf16 on CUDA; else the target's dtype. int8 kinds: CPUs only."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -126,14 +128,17 @@ def engine_options(fn):
 def engine_args(model, head, checkpoint, head_options, tree, tree_options, verifier, recipe,
                 refuse: tuple[str, ...] = ()) -> dict:
     """build_engine keyword arguments from the engine options (or from --recipe, whose choices
-    the flags may not contradict); ``sampling`` is included only for a recipe."""
+    the flags may not contradict); ``sampling`` and ``draft_dtype`` (None: the command's) are
+    included only for a recipe."""
     if recipe:
         from .compose import recipe_engine_args
         from .recipe import load_recipe
 
+        loaded = load_recipe(recipe)
         _refuse_with_recipe(click.get_current_context(), ("model", "head", "head_options", "tree",
-                                                          "tree_options", "verifier", *refuse))
-        return recipe_engine_args(load_recipe(recipe), checkpoint)
+                                                          "tree_options", "verifier", *refuse)
+                            + (("draft_dtype",) if loaded.draft_dtype else ()))
+        return recipe_engine_args(loaded, checkpoint)
     return {"model": model, "head": head, "checkpoint": checkpoint,
             "head_options": _parse_options(head_options, "--head-option"), "tree": tree,
             "tree_options": _parse_options(tree_options, "--tree-option"), "verifier": verifier}
@@ -166,6 +171,7 @@ def generate(prompt, model, head, checkpoint, head_options, tree, tree_options, 
                        refuse=("temperature",))
     sampling = Sampling(args.pop("sampling").temperature if recipe else temperature, top_k, top_p)
     config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
+    draft_dtype = args.pop("draft_dtype", None) or draft_dtype
     engine = build_engine(**args, sampling=sampling, device=device, dtype=dtype, kernels=kernels,
                           draft_dtype=draft_dtype)
     tokenizer = engine.target.tokenizer
@@ -449,6 +455,7 @@ def serve(model, head, checkpoint, head_options, tree, tree_options, verifier, r
 
     args = engine_args(model, head, checkpoint, head_options, tree, tree_options, verifier, recipe)
     args.pop("sampling", None)  # each request brings its own
+    draft_dtype = args.pop("draft_dtype", None) or draft_dtype
     if max_queue < 1 or timeout <= 0:
         raise ConfigError("--max-queue must be >= 1 and --timeout > 0")
     engine = build_engine(**args, device=device, dtype=dtype, kernels=kernels, draft_dtype=draft_dtype)
@@ -481,9 +488,9 @@ def serve(model, head, checkpoint, head_options, tree, tree_options, verifier, r
 @click.option("--dtype", default="float32", show_default=True)
 @kernels_option
 @click.option("--draft-dtype", default="auto", show_default=True,
-              type=click.Choice(["auto", "float32", "bfloat16", "int8"]),
-              help="What trained heads draft in (auto: weight-only int8 on a CPU with torch's "
-                   "int8 kernel, bf16 on CUDA).")
+              type=click.Choice(DRAFT_DTYPES),
+              help="What trained heads draft in (auto: int8 on a CPU, int8-dynamic where it has "
+                   "VNNI; bf16 on CUDA); a recipe's draft_dtype decides for its method.")
 @click.option("--out", default="bench-out", show_default=True)
 def bench(prompt_spec, methods, limit, offset, categories, max_new_tokens, temperature, repeats,
           model, device, dtype, kernels, draft_dtype, out) -> None:
@@ -500,7 +507,7 @@ def bench(prompt_spec, methods, limit, offset, categories, max_new_tokens, tempe
     names = ["vanilla"] + names
     prompts = select_prompts(prompt_spec, offset, limit, categories)
     config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=Sampling(temperature), seed=0)
-    from .kernels import draft_dtype as resolve_draft_dtype
+    from .kernels import draft_dtype as resolve_draft_dtype, draft_dtype_name
 
     target = load_target(model, device=device, dtype=dtype, kernels=kernels)
     method_objs = [build_method(n, target, draft_dtype=draft_dtype) for n in names]
@@ -517,8 +524,7 @@ def bench(prompt_spec, methods, limit, offset, categories, max_new_tokens, tempe
     results = run_bench(method_objs, target, prompts, config, repeats=repeats)
     results["meta"] = bench_meta(target, prompt_spec, prompts, config, categories=categories,
                                  offset=offset, repeats=repeats, model=model, draft_dtype=draft_dtype,
-                                 draft_dtype_used=str(resolve_draft_dtype(target, draft_dtype)).replace(
-                                     "torch.", ""),
+                                 draft_dtype_used=draft_dtype_name(resolve_draft_dtype(target, draft_dtype)),
                                  verify_curve=None if curve is None else {
                                      str(n): round(r, 3) for n, r in sorted(curve.items())})
     write_report(results, out)

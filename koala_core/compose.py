@@ -49,7 +49,7 @@ def build_engine(model: str = "default", head: str | None = "default", checkpoin
     ver = reg.create("verifiers", verifier, verifier_options) if verifier else None
     if ver is not None:
         check_verifier(ver, sampling)
-    from .kernels import check_draft_dtype
+    from .config import check_draft_dtype
 
     check_draft_dtype(draft_dtype)  # before the model loads
     target = load_target(model, device=device, dtype=dtype, kernels=kernels)
@@ -89,7 +89,7 @@ def recipe_engine_args(recipe, checkpoint: str | None = None) -> dict:
             "checkpoint": checkpoint, "tree": recipe.tree.name or None,
             "tree_options": dict(recipe.tree.options), "verifier": recipe.verifier.name or None,
             "verifier_options": dict(recipe.verifier.options),
-            "sampling": Sampling(recipe.temperature)}
+            "sampling": Sampling(recipe.temperature), "draft_dtype": recipe.draft_dtype or None}
 
 
 def make_drafter(target, head: str | None, head_options: dict | None, checkpoint,
@@ -129,7 +129,8 @@ def build_method(spec: str, target, registry: Registry | None = None, draft_dtyp
                                                           args["tree_options"]))
         verifier = (reg.create("verifiers", args["verifier"], args["verifier_options"])
                     if args["verifier"] else None)
-        drafter = make_drafter(target, args["head"], args["head_options"], ck, reg, draft_dtype)
+        drafter = make_drafter(target, args["head"], args["head_options"], ck, reg,
+                               args["draft_dtype"] or draft_dtype)
         return Method(Path(spec).stem, SpeculativeEngine(target, drafter, policy, verifier))
     if spec in ("vanilla", "vanilla-again"):
         return Method(spec, SpeculativeEngine(target))

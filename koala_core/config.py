@@ -74,3 +74,12 @@ def build_config(cls: type, options: dict[str, Any], where: str = "component"):
         return config_cls(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+# what a trained head may draft in (koala_core.kernels.draft_dtype resolves them)
+DRAFT_DTYPES = ("auto", "float32", "bfloat16", "int8", "int8-dynamic")
+
+
+def check_draft_dtype(choice: str) -> None:
+    if choice not in DRAFT_DTYPES:
+        raise ConfigError(f"unknown draft dtype {choice!r}; choose one of {', '.join(DRAFT_DTYPES)}")

@@ -100,15 +100,28 @@ class NeuralHead(DraftHead):
         """Ready for inference in ``dtype`` (see :func:`koala_core.kernels.draft_dtype`): cast to it;
         in the target's own fp32 on a CPU, draft through the target's kernels; ``torch.int8``:
         bf16 with every Linear layer and the LM-head rows in weight-only int8 (weights and state
-        dict unchanged, as with the oneDNN kernels)."""
+        dict unchanged, as with the oneDNN kernels); ``torch.qint8``: fp32 with every Linear layer
+        and the LM-head rows in int8, activations quantised per call (fbgemm), smoothed by the
+        input ranges of a calibration text (:mod:`koala_core.calibration`)."""
         self.eval()
-        self.drafts_in = str(dtype).replace("torch.", "")  # reported by `koala generate --verbose`
+        from .kernels import draft_dtype_name
+
+        self.drafts_in = draft_dtype_name(dtype)  # reported by `koala generate --verbose`
         if dtype == torch.int8:
             from .kernels import Int8Weight, use_int8_linears
 
             self.to(torch.bfloat16)
             use_int8_linears(self)
             self._packed_rows = Int8Weight(lambda: self.lm_rows)
+            return self
+        if dtype == torch.qint8:
+            from .calibration import calibration_batch, input_ranges
+            from .kernels import DynamicInt8Weight, use_dynamic_int8_linears
+
+            self.to(torch.float32)
+            ranges, rows = input_ranges(self, calibration_batch(self.target, self.aux_layers))
+            use_dynamic_int8_linears(self, ranges)
+            self._packed_rows = DynamicInt8Weight(lambda: self.lm_rows, input_range=rows)
             return self
         if any(t.dtype != dtype for t in [self.lm_rows, *self.parameters()]):
             return self.to(dtype)

@@ -19,6 +19,7 @@ oneDNN copy doubles the memory of the Linear weights.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 from torch import nn
@@ -36,6 +37,13 @@ def cpuinfo() -> str:
             return f.read()
     except OSError:
         return ""
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this CPU multiplies int8 by int8 into int32 in one instruction (AVX512-VNNI or
+    AVX-VNNI): then fbgemm's int8 GEMM neither saturates nor needs activations reduced to 7 bits."""
+    flags = cpuinfo()
+    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def cpu_has_bf16() -> bool:
@@ -58,25 +66,32 @@ def warn_if_bf16_emulated(device, what: str) -> None:
                       f"(float32) on this machine", RuntimeWarning, stacklevel=3)
 
 
-DRAFT_DTYPES = ("auto", "float32", "bfloat16", "int8")
 INT8 = torch.int8  # as a draft dtype: weight-only int8 (Int8Weight), bf16 activations
+DYNAMIC_INT8 = torch.qint8  # as a draft dtype: int8 weights and activations (DynamicInt8Weight)
 
 
-def check_draft_dtype(choice: str) -> None:
-    from .errors import ConfigError
-
-    if choice not in DRAFT_DTYPES:
-        raise ConfigError(f"unknown draft dtype {choice!r}; choose one of {', '.join(DRAFT_DTYPES)}")
+def draft_dtype_name(dtype: torch.dtype) -> str:
+    """A resolved draft dtype as ``--draft-dtype`` names it."""
+    return "int8-dynamic" if dtype == DYNAMIC_INT8 else str(dtype).replace("torch.", "")
 
 
 def draft_dtype(target, choice: str = "auto") -> torch.dtype:
     """The dtype a draft head computes in. Drafts need no bit-exactness (the target verifies every
-    token in its own dtype), so ``auto`` drafts in weight-only int8 on a CPU with torch's int8
-    kernel (``python benchmarks/draft_dtype.py``: on this project's AVX512-BF16 CPU EAGLE's draft
-    step 7.4 -> 4.8 ms and Hydra's 4.0 -> 2.7 ms against bf16; on an AVX2-only CPU, whose bf16 is
-    emulated, the kernel still reads a quarter of fp32's bytes: 30-40 % less drafting time than
-    fp32 in the engine, README), in bf16 where that is fast (CUDA, a CPU with native bf16), and
-    in the target's dtype elsewhere. ``int8`` (:data:`INT8`) runs on CPUs only."""
+    token in its own dtype), so on a CPU ``auto`` drafts in int8:
+
+    * ``int8-dynamic`` (:data:`DYNAMIC_INT8`) on a CPU with VNNI (AVX512-VNNI or AVX-VNNI): int8
+      weights *and* activations (quantised per call), through fbgemm's int8 GEMM. Measured on this
+      project's AVX512-BF16 CPU (``python benchmarks/draft_dtype.py``, README "Drafting in int8"):
+      less than half the matmul time of weight-only int8, whose kernel converts every weight to bf16
+      before multiplying;
+    * ``int8`` (:data:`INT8`, weight-only int8, bf16 activations) on other CPUs with torch's int8
+      kernel: against bf16 on the AVX512-BF16 CPU, EAGLE's draft step 7.4 -> 4.8 ms and Hydra's
+      4.0 -> 2.7 ms; on an AVX2-only CPU, whose bf16 is emulated, it still reads a quarter of fp32's
+      bytes: 30-40 % less drafting time than fp32 in the engine (README);
+
+    elsewhere bf16 where that is fast (CUDA, a CPU with native bf16), else the target's dtype. Both
+    int8 kinds run on CPUs only."""
+    from .config import check_draft_dtype
     from .errors import ConfigError
 
     check_draft_dtype(choice)
@@ -86,8 +101,15 @@ def draft_dtype(target, choice: str = "auto") -> torch.dtype:
             raise ConfigError("--draft-dtype int8 runs on a CPU with torch's weight-only int8 "
                               "kernel; use bfloat16 here")
         return INT8
+    if choice == "int8-dynamic":
+        if not cpu or not dynamic_int8_available():
+            raise ConfigError("--draft-dtype int8-dynamic runs on a CPU with torch's fbgemm int8 "
+                              "kernels (x86); use int8 or bfloat16 here")
+        return DYNAMIC_INT8
     if choice != "auto":
         return torch.float32 if choice == "float32" else torch.bfloat16
+    if cpu and dynamic_int8_available() and cpu_has_vnni():
+        return DYNAMIC_INT8
     if cpu and int8_available():
         return INT8
     if target.dtype != torch.float32:
@@ -366,3 +388,91 @@ class Int8Linear(OneDNNLinear):
 def use_int8_linears(model: nn.Module) -> int:
     """Swap every CPU ``nn.Linear`` in ``model`` for :class:`Int8Linear`; returns how many."""
     return swap_linears(model, Int8Linear, lambda lin: lin.weight.device.type == "cpu")
+
+
+def dynamic_int8_available() -> bool:
+    """Whether this torch's quantised engine is fbgemm's (x86 CPUs) and its dynamically quantised
+    int8 linear runs (tried once on a small weight: torch has deprecated the quantised tensors it
+    packs from, so a torch without them falls back to :data:`INT8` instead of failing)."""
+    return torch.backends.quantized.engine in ("x86", "fbgemm") and _dynamic_int8_runs()
+
+
+@functools.cache
+def _dynamic_int8_runs() -> bool:
+    try:
+        w = torch.ones(8, 16)
+        weight = DynamicInt8Weight(lambda: w)
+        with torch.no_grad():
+            return weight(torch.ones(2, 16)).shape == (2, 8)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+class DynamicInt8Weight(PackedWeight):
+    """An int8 copy of a (weight, bias) pair (one scale per output row) for fbgemm's dynamically
+    quantised linear: each call quantises its fp32 input to 8 bits (one scale and zero point per
+    call, from the input's range), multiplies int8 by int8 into int32 (VNNI) and returns fp32.
+    Never stale and stepping aside for gradients and other devices, like :class:`PackedWeight`.
+
+    Why: for the few rows a draft step multiplies, torch's weight-only int8 kernel
+    (:class:`Int8Weight`) widens every weight to bf16 first and so computes at bf16 speed; the
+    integer GEMM reads the same bytes and multiplies four times as many products per instruction
+    (the 8k-row draft LM head, four rows, its weights warm: 0.13 ms against 0.30 ms on this
+    project's AVX512-BF16 CPU).
+
+    One scale per call suits inputs without outlier channels only; given the ``input_range`` a
+    layer's inputs reach per channel (:mod:`koala_core.calibration`), the copy is smoothed:
+    the weight's columns multiplied by SmoothQuant's factor and every input divided by it (the
+    same product). Drafts lose a little precision either way; the target verifies every token,
+    so outputs do not change (tested)."""
+
+    def __init__(self, weight_of, bias_of=lambda: None, input_range: torch.Tensor | None = None) -> None:
+        super().__init__(weight_of, bias_of)
+        self.input_range = input_range
+
+    def usable(self, x: torch.Tensor) -> bool:
+        return self._cpu_inference(x) and x.dtype == torch.float32
+
+    def pack(self, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+        from .calibration import smoothing
+
+        w = weight.detach().float()
+        smooth = smoothing(self.input_range, w)
+        if smooth is not None:
+            w = w * smooth
+        scale = (w.abs().amax(1) / 127.0).clamp_min(1e-12).double()
+        zero = torch.zeros(w.shape[0], dtype=torch.long)
+        with warnings.catch_warnings():  # deprecated (torch 2.13), still what fbgemm packs from
+            warnings.filterwarnings("ignore", message=".*quantize_per_channel.*deprecated")
+            q = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+        b = None if bias is None else bias.detach().float().contiguous()
+        return torch.ops.quantized.linear_prepack(q, b), not cpu_has_vnni(), smooth
+
+    def apply(self, x: torch.Tensor, packed: tuple) -> torch.Tensor:
+        params, reduce_range, smooth = packed
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        flat = (flat / smooth) if smooth is not None else flat.contiguous()
+        y = torch.ops.quantized.linear_dynamic(flat, params, reduce_range)
+        return y.reshape(*shape[:-1], y.shape[-1])
+
+
+class DynamicInt8Linear(OneDNNLinear):
+    """Stand-in for a CPU ``nn.Linear`` at draft time: int8 weights and activations (see
+    :class:`DynamicInt8Weight`), the weights and the state dict unchanged."""
+
+    def __init__(self, linear: nn.Linear, input_range: torch.Tensor | None = None) -> None:
+        super().__init__(linear)
+        self._packed = DynamicInt8Weight(lambda: self.weight, lambda: self.bias, input_range)
+
+    def extra_repr(self) -> str:
+        smoothed = ", smoothed" if self._packed.input_range is not None else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8-dynamic{smoothed}"
+
+
+def use_dynamic_int8_linears(model: nn.Module, input_ranges: dict | None = None) -> int:
+    """Swap every CPU ``nn.Linear`` in ``model`` for :class:`DynamicInt8Linear`, smoothed where
+    ``input_ranges`` (Linear -> per-channel input range) has its range; returns how many."""
+    ranges = input_ranges or {}
+    return swap_linears(model, lambda lin: DynamicInt8Linear(lin, ranges.get(lin)),
+                        lambda lin: lin.weight.device.type == "cpu")

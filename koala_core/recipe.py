@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import build_config, coerce_options, describe_options
+from .config import build_config, check_draft_dtype, coerce_options, describe_options
 from .errors import ConfigError
 from .files import write_bytes_atomic
 from .train_config import AdversaryConfig, TrainConfig
@@ -24,6 +24,7 @@ FORMAT = 1
 # recipe section -> registry kind
 SLOTS = {"head": "heads", "tree": "tree_policies", "verifier": "verifiers", "loss": "losses",
          "discriminator": "discriminators", "adv_loss": "adversarial_losses"}
+SCALARS = ("temperature", "model", "checkpoint", "draft_dtype", "train")  # top-level keys
 TRAIN_KEYS = [f.name for f in dataclasses.fields(TrainConfig)
               if f.name not in ("head", "head_options", "loss", "loss_options", "adversary")]
 ADV_KEYS = [f.name for f in dataclasses.fields(AdversaryConfig)
@@ -47,6 +48,7 @@ class Recipe:
     temperature: float = 0.0
     model: str = "default"
     checkpoint: str = ""  # a trained head for generate / bench (relative to the recipe file)
+    draft_dtype: str = ""  # what that head drafts in (config.DRAFT_DTYPES); "" = the command's
     train: dict = field(default_factory=dict)  # TrainConfig and AdversaryConfig scalars
 
     # -- building ------------------------------------------------------------------------------
@@ -68,6 +70,8 @@ class Recipe:
                                         if k in s.options})
         if self.temperature < 0:
             raise ConfigError("temperature must be >= 0")
+        if self.draft_dtype:
+            check_draft_dtype(self.draft_dtype)
         if self.verifier.name == "greedy" and self.temperature > 0:
             raise ConfigError("the greedy verifier needs temperature 0; use 'rejection' (lossless "
                               "sampling) or 'typical' (lossy) at T > 0")
@@ -162,6 +166,8 @@ class Recipe:
                  f"temperature = {_toml(self.temperature)}"]
         if self.checkpoint:
             lines.append(f"checkpoint = {_toml(self.checkpoint)}")
+        if self.draft_dtype:
+            lines.append(f"draft_dtype = {_toml(self.draft_dtype)}")
         for slot in SLOTS:
             s: Slot = getattr(self, slot)
             if not s.name:
@@ -190,11 +196,10 @@ class Recipe:
                 if not isinstance(value, dict) or set(value) - {"name", "options"}:
                     raise ConfigError(f"{where}: [{key}] takes 'name' and an [{key}.options] table")
                 kwargs[key] = Slot(str(value.get("name", "")), dict(value.get("options", {})))
-            elif key in ("temperature", "model", "checkpoint", "train"):
+            elif key in SCALARS:
                 kwargs[key] = value
             else:
-                raise ConfigError(f"{where}: unknown key {key!r}; valid: "
-                                  + ", ".join([*SLOTS, "temperature", "model", "checkpoint", "train"]))
+                raise ConfigError(f"{where}: unknown key {key!r}; valid: " + ", ".join([*SLOTS, *SCALARS]))
         return cls(**kwargs)
 
 

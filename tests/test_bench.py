@@ -4,7 +4,7 @@ import json
 import statistics
 
 from conftest import tiny_target
-from koala_core.bench import Method, load_prompts, run_bench, write_report
+from koala_core.bench import Method, draft_dtypes, load_prompts, run_bench, write_report
 from koala_core.compose import build_method
 from koala_core.engine import GenerationConfig, SpeculativeEngine
 
@@ -59,6 +59,12 @@ def test_bench_results_have_every_field(tmp_path, registry):
     auto = by_name["lookup-auto"]["tree"]
     assert len(chose) == 3 and chose[2].startswith(f"| lookup-auto | {auto['drafting_share']:.1%} | ")
     assert f"| {auto['switched_off']} | {auto['mean_nodes']:.2f} |" in chose[2]
+    assert by_name["lookup"]["draft_dtype"] is None  # no trained head
+    # trained heads drafting in different dtypes (recipes' draft_dtype) are said so under the table
+    assert draft_dtypes([{"method": "a", "draft_dtype": "int8"}, {"method": "b", "draft_dtype": None},
+                         {"method": "c", "draft_dtype": "int8-dynamic"}]) == [
+        "", "Draft dtypes: a int8, c int8-dynamic."]
+    assert draft_dtypes([{"method": "a", "draft_dtype": "int8"}, {"method": "c", "draft_dtype": "int8"}]) == []
     assert (tmp_path / "out" / "speedup.png").is_file()
     assert (tmp_path / "out" / "acceptance.png").is_file()
 

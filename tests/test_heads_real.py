@@ -37,6 +37,31 @@ def test_shipped_family_is_lossless(real_target, references, registry, family):
     assert tokens / forwards > 1.2, "a trained head must get drafts accepted"
 
 
+def test_int8_dynamic_drafting_is_lossless_and_accepts_like_weight_only_int8(real_target, references,
+                                                                              registry):
+    """The default head drafting with int8 activations too (int8-dynamic): the same outputs as
+    plain decoding, and its drafts accepted about as often as with weight-only int8 (quantising
+    activations must not cost the drafts their quality; the shipped heads, five prompts: the
+    same tokens per target forward within 10 %)."""
+    from koala_core import kernels
+    from koala_core.compose import build_method
+
+    if not (kernels.int8_available() and kernels.dynamic_int8_available()):
+        pytest.skip("needs torch's weight-only int8 kernel and fbgemm's dynamic int8 linear")
+    per_forward = {}
+    for kind in ("int8", "int8-dynamic"):
+        method = build_method("default", real_target, registry, draft_dtype=kind)
+        assert method.engine.head.drafts_in == kind
+        forwards = tokens = 0
+        for ids, ref in references:
+            result = method.engine.generate(ids, GenerationConfig(48))
+            assert result.token_ids == ref, kind
+            forwards += result.target_forwards
+            tokens += result.decode_tokens
+        per_forward[kind] = tokens / forwards
+    assert per_forward["int8-dynamic"] >= 0.9 * per_forward["int8"], per_forward
+
+
 @pytest.mark.parametrize("recipe", ["eagle-k1-deep.toml", "medusa-k1-wide.toml"])
 def test_shipped_tau_recipes_are_lossless(real_target, references, registry, recipe):
     """The shipped heads with the bigger trees of the tau-oriented recipes."""

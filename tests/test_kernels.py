@@ -152,17 +152,27 @@ def test_packed_heads_never_go_stale(registry, family):
 
 
 def test_draft_dtype_choice_and_bf16_drafting_stays_lossless(registry, monkeypatch):
-    """auto drafts in weight-only int8 wherever the CPU kernel exists (with native bf16 or not),
-    else in bf16 only where bf16 is native; a bf16-drafting head is still lossless."""
+    """auto drafts in int8-dynamic on a CPU with VNNI and fbgemm, else in weight-only int8 wherever
+    the CPU kernel exists (with native bf16 or not), else in bf16 only where bf16 is native; a
+    bf16-drafting head is still lossless."""
     from conftest import tiny_target
     from koala_core import kernels
     from koala_core.engine import GenerationConfig, SpeculativeEngine
     from koala_core.errors import ConfigError
 
     target = tiny_target()
+    monkeypatch.setattr(kernels, "dynamic_int8_available", lambda: True)
+    monkeypatch.setattr(kernels, "cpu_has_vnni", lambda: True)
+    assert kernels.draft_dtype(target) == torch.qint8  # int8 activations too where VNNI multiplies them
+    assert kernels.draft_dtype_name(kernels.draft_dtype(target)) == "int8-dynamic"
+    monkeypatch.setattr(kernels, "cpu_has_vnni", lambda: False)
     for native in (False, True):  # an AVX2-only CPU, then one with AVX512-BF16
         monkeypatch.setattr(kernels, "cpu_has_bf16", lambda: native)
         assert kernels.draft_dtype(target) == torch.int8  # weight-only int8 where the kernel exists
+    assert kernels.draft_dtype(target, "int8-dynamic") == torch.qint8  # chosen: used without VNNI
+    monkeypatch.setattr(kernels, "dynamic_int8_available", lambda: False)
+    with pytest.raises(ConfigError, match="int8-dynamic runs on a CPU"):
+        kernels.draft_dtype(target, "int8-dynamic")
     monkeypatch.setattr(kernels, "int8_available", lambda: False)
     assert kernels.draft_dtype(target) == torch.bfloat16
     monkeypatch.setattr(kernels, "cpu_has_bf16", lambda: False)
@@ -221,6 +231,51 @@ def test_int8_drafting_is_lossless_close_to_bf16_and_keeps_the_weights(registry)
         x = torch.randn(2, 2 * target.hidden_size).to(torch.bfloat16)
         dense = torch.nn.functional.linear(x, head.inputs[0].weight, head.inputs[0].bias)
         torch.testing.assert_close(head.inputs[0](x).float(), dense.float(), atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("family", ["hydra", "eagle"])
+def test_dynamic_int8_drafting_is_lossless_close_to_fp32_and_keeps_the_weights(registry, family):
+    """int8-dynamic drafting (int8 weights and activations): the engine stays lossless, draft
+    scores stay close to fp32's, the state dict is unchanged, and changed weights are
+    requantised (never a stale copy)."""
+    from conftest import tiny_target
+    from koala_core import kernels
+    from koala_core.engine import GenerationConfig, SpeculativeEngine
+
+    if not kernels.dynamic_int8_available():
+        pytest.skip("this torch has no fbgemm dynamic int8 linear")
+    target = tiny_target()
+    torch.manual_seed(0)
+    options = {"heads": 3} if family == "hydra" else {}
+    head = registry.create("heads", family, {**options, "draft_vocab": 0}, target=target)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ref = registry.create("heads", family, {**options, "draft_vocab": 0}, target=target)
+    ref.load_state_dict(head.state_dict())
+    ref.prepare_drafting(torch.float32)
+    head.prepare_drafting(torch.qint8)
+    assert head.drafts_in == "int8-dynamic"
+    linears = [m for m in head.modules() if isinstance(m, kernels.DynamicInt8Linear)]
+    assert linears and not any(type(m) is torch.nn.Linear for m in head.modules())
+    assert set(head.state_dict()) == set(ref.state_dict())
+    assert all(t.dtype == torch.float32 for t in head.state_dict().values() if t.is_floating_point())
+    x = torch.randn(4, target.hidden_size)
+    with torch.inference_mode():
+        a, b = head.project(x), ref.project(x)
+    assert (a - b).abs().max() < 0.05 * b.abs().max()
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.75
+    prompt, cfg = [0, 5, 6, 7, 8, 5, 6, 7], GenerationConfig(24, stop_at_eos=False)
+    plain = SpeculativeEngine(target).generate(prompt, cfg).token_ids
+    result = SpeculativeEngine(target, head).generate(prompt, cfg)
+    assert result.token_ids == plain and result.drafted > 0
+    layer = linears[0]
+    with torch.no_grad():
+        layer.weight.mul_(2)  # an edit after packing: the int8 copy must follow
+    with torch.inference_mode():
+        x = torch.randn(2, layer.in_features)
+        dense = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        torch.testing.assert_close(layer(x), dense, atol=0.05 * dense.abs().max().item(), rtol=0.05)
 
 
 def test_bf16_chosen_on_a_cpu_without_native_bf16_is_warned_about(monkeypatch):

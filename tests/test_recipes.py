@@ -138,6 +138,20 @@ def test_shipped_recipes_load_and_point_at_their_checkpoints():
             assert meta["inference"] == {"tree": r.tree.name, "tree_options": r.tree.options}
 
 
+def test_recipe_draft_dtype_is_checked_written_and_decides(tmp_path, registry):
+    """A recipe may say what its trained head drafts in: checked like --draft-dtype, written back,
+    and then the command line may not contradict it."""
+    recipe = Recipe.from_dict({"draft_dtype": "int8-dynamic", "head": {"name": "lookup"}}).validate(registry)
+    assert 'draft_dtype = "int8-dynamic"' in recipe.to_toml()
+    again = tmp_path / "r.toml"
+    recipe.save(again)
+    assert load_recipe(again).draft_dtype == "int8-dynamic"
+    with pytest.raises(ConfigError, match="unknown draft dtype 'fp8'"):
+        Recipe.from_dict({"draft_dtype": "fp8", "head": {"name": "lookup"}}).validate(registry)
+    clash = CliRunner().invoke(main, ["generate", "--recipe", str(again), "--draft-dtype", "int8", "hi"])
+    assert clash.exit_code == 2 and "--draft-dtype: the recipe decides" in clash.output
+
+
 @pytest.fixture
 def tiny_folder(tmp_path):
     folder = tmp_path / "tiny"
@@ -171,7 +185,7 @@ def test_generate_and_bench_accept_a_recipe(tiny_folder, tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "b" / "results.json").read_text())
     methods = results["methods"]
-    assert results["meta"]["draft_dtype_used"] in ("float32", "bfloat16", "int8")
+    assert results["meta"]["draft_dtype_used"] in ("float32", "bfloat16", "int8", "int8-dynamic")
     assert [m["method"] for m in methods] == ["vanilla", "lookup"]
     assert methods[1]["identical_to_vanilla"] == 1.0
 
