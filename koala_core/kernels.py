@@ -257,7 +257,8 @@ SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 class SiblingGroup:
-    """One oneDNN call for sibling Linears that read the same input (q/k/v, gate/up).
+    """One call for sibling Linears that read the same input (q/k/v, gate/up): through oneDNN for
+    the target, through a draft kernel (int8, int8-dynamic) for a head's decoder layers.
 
     A oneDNN call costs ~60 us beyond its arithmetic on a 2-core AVX2 EPYC (an 8 x 576 weight: 5 us
     in the primitive, 66-70 us a call), and SmolLM2-135M made 211 calls a step; one call over the
@@ -267,9 +268,9 @@ class SiblingGroup:
     The first sibling called with an input computes all of their rows; each other sibling called
     with *that same tensor object* takes its columns (unless torch's version counter says it was
     changed in place since; inference tensors keep none, and the decoder layers that call these
-    siblings never write to their input); called with anything else, it computes alone. Each
-    sibling's result equals its own call bit for bit (oneDNN's generic layout: tested), so fusing
-    changes speed only. The stacked copy is repacked when any member's weight or bias changes, like
+    siblings never write to their input); called with anything else, it computes alone. Through
+    oneDNN each sibling's result equals its own call bit for bit (its generic layout: tested), so
+    fusing changes speed only (drafts need no exactness). The stacked copy is repacked when any member's weight or bias changes, like
     :class:`PackedWeight`; for gradients, other devices and dtypes the members run alone.
     """
 
@@ -294,7 +295,8 @@ class SiblingGroup:
             if any(b is not None for b in biases):
                 bias = torch.cat([b if b is not None else m.weight.new_zeros(m.out_features)
                                   for m, b in zip(self.members, biases)])
-            self._packed = pack(torch.cat([m.weight for m in self.members]), bias)
+            # packed like each member (oneDNN, int8, int8-dynamic), over the stacked rows
+            self._packed = self.members[0]._packed.pack(torch.cat([m.weight for m in self.members]), bias)
             self._key = key
         return self._packed
 
@@ -309,7 +311,7 @@ class SiblingGroup:
         if (not waiting or torch.is_grad_enabled()) and not self.usable(x):
             return None
         if not waiting:
-            self._outputs = packed_linear(x, self._stacked()).split(self.sizes, -1)
+            self._outputs = self.members[0]._packed.apply(x, self._stacked()).split(self.sizes, -1)
             self._input, self._version, self._taken = x, version, set()
         self._taken.add(index)
         out = self._outputs[index]
@@ -320,12 +322,13 @@ class SiblingGroup:
 
 def fuse_siblings(model: nn.Module) -> int:
     """Group the :data:`SIBLINGS` of every module whose members are all :class:`OneDNNLinear` of
-    one input width into a :class:`SiblingGroup`; returns how many groups."""
+    one kind (oneDNN, int8, int8-dynamic) and one input width into a :class:`SiblingGroup`;
+    returns how many groups."""
     groups = 0
     for module in model.modules():
         for names in SIBLINGS:
             members = [getattr(module, name, None) for name in names]
-            if not all(type(m) is OneDNNLinear for m in members):
+            if not isinstance(members[0], OneDNNLinear) or len({type(m) for m in members}) != 1:
                 continue
             if len({m.in_features for m in members}) != 1:
                 continue
@@ -386,8 +389,11 @@ class Int8Linear(OneDNNLinear):
 
 
 def use_int8_linears(model: nn.Module) -> int:
-    """Swap every CPU ``nn.Linear`` in ``model`` for :class:`Int8Linear`; returns how many."""
-    return swap_linears(model, Int8Linear, lambda lin: lin.weight.device.type == "cpu")
+    """Swap every CPU ``nn.Linear`` in ``model`` for :class:`Int8Linear` and group the siblings
+    among them (:func:`fuse_siblings`); returns how many were swapped."""
+    swapped = swap_linears(model, Int8Linear, lambda lin: lin.weight.device.type == "cpu")
+    fuse_siblings(model)
+    return swapped
 
 
 def dynamic_int8_available() -> bool:
@@ -472,7 +478,10 @@ class DynamicInt8Linear(OneDNNLinear):
 
 def use_dynamic_int8_linears(model: nn.Module, input_ranges: dict | None = None) -> int:
     """Swap every CPU ``nn.Linear`` in ``model`` for :class:`DynamicInt8Linear`, smoothed where
-    ``input_ranges`` (Linear -> per-channel input range) has its range; returns how many."""
+    ``input_ranges`` (Linear -> per-channel input range) has its range, and group the siblings
+    among them (:func:`fuse_siblings`); returns how many were swapped."""
     ranges = input_ranges or {}
-    return swap_linears(model, lambda lin: DynamicInt8Linear(lin, ranges.get(lin)),
-                        lambda lin: lin.weight.device.type == "cpu")
+    swapped = swap_linears(model, lambda lin: DynamicInt8Linear(lin, ranges.get(lin)),
+                           lambda lin: lin.weight.device.type == "cpu")
+    fuse_siblings(model)
+    return swapped

@@ -269,6 +269,17 @@ def test_dynamic_int8_drafting_is_lossless_close_to_fp32_and_keeps_the_weights(r
     plain = SpeculativeEngine(target).generate(prompt, cfg).token_ids
     result = SpeculativeEngine(target, head).generate(prompt, cfg)
     assert result.token_ids == plain and result.drafted > 0
+    if family == "eagle":  # q/k/v and gate/up: one int8 call each, every sibling its own columns
+        attn = head.layers[0].self_attn
+        group, _ = attn.q_proj._group
+        assert attn.k_proj._group == (group, 1) and attn.v_proj._group == (group, 2)
+        x = torch.randn(1, 3, target.hidden_size)
+        with torch.inference_mode():
+            for m, fused in zip((attn.q_proj, attn.k_proj, attn.v_proj),
+                                [attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)]):
+                dense = torch.nn.functional.linear(x, m.weight, m.bias)
+                assert fused.shape == dense.shape
+                assert (fused - dense).abs().max() < 0.05 * dense.abs().max()
     layer = linears[0]
     with torch.no_grad():
         layer.weight.mul_(2)  # an edit after packing: the int8 copy must follow
