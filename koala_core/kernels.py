@@ -423,8 +423,8 @@ class DynamicInt8Weight(PackedWeight):
     Why: for the few rows a draft step multiplies, torch's weight-only int8 kernel
     (:class:`Int8Weight`) widens every weight to bf16 first and so computes at bf16 speed; the
     integer GEMM reads the same bytes and multiplies four times as many products per instruction
-    (the 8k-row draft LM head, four rows, its weights warm: 0.13 ms against 0.30 ms on this
-    project's AVX512-BF16 CPU).
+    (the 8k-row draft LM head, four rows, its weights warm: 0.10 ms against 0.27 ms on this
+    project's AVX512-BF16 CPU; ``python benchmarks/draft_lm_head.py``).
 
     One scale per call suits inputs without outlier channels only; given the ``input_range`` a
     layer's inputs reach per channel (:mod:`koala_core.calibration`), the copy is smoothed:
