@@ -4,6 +4,9 @@ untimed target forward, as in the engine), so a deep tree's cost per level can b
 
     python benchmarks/draft_levels.py --checkpoint checkpoints/eagle-k1 \
         --tree dynamic --tree-option depth=6 --tree-option top_k=4 --tree-option nodes=14 --tree-option copy=3
+
+``--warm`` leaves the target's forward out: the same step with the head's weights in cache, so
+the difference is what a cold cache costs.
 """
 
 import argparse
@@ -27,6 +30,8 @@ def main() -> None:
     ap.add_argument("--tree-option", action="append", default=[])
     ap.add_argument("--draft-dtype", default="auto")
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--warm", action="store_true",
+                    help="no target forward between timed steps: the head's weights stay in cache")
     args = ap.parse_args()
     reg = default_registry()
     target = load_target("default")
@@ -51,7 +56,8 @@ def main() -> None:
         timed(name)
     with torch.inference_mode():
         for _ in range(args.repeats):
-            target_step()  # untimed, as in decoding
+            if not args.warm:
+                target_step()  # untimed, as in decoding
             calls.clear()
             t = time.perf_counter()
             head.begin(ctx)
