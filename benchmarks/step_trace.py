@@ -1,0 +1,64 @@
+"""Where each method's decode steps go, by the size of the tree it verified: steps, tokens per step
+(tau), median verify and draft ms, from the tree policy's own per-step observations (methods run
+one after another per prompt, not interleaved: for a look inside, not for speedups).
+
+    python benchmarks/step_trace.py --prompts benchmarks/prompts/mixed-heldout-15.jsonl \
+        --prompts benchmarks/prompts/mixed-heldout-16.jsonl --categories summarisation,extraction \
+        --methods lookup,default
+"""
+
+import argparse
+import collections
+import statistics
+
+from koala_core.bench import select_prompts
+from koala_core.compose import build_method
+from koala_core.engine import GenerationConfig
+from koala_core.model import load_target
+from koala_core.prompts import encode_prompt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", action="append", required=True)
+    ap.add_argument("--categories", default=None)
+    ap.add_argument("--methods", default="lookup,default")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    args = ap.parse_args()
+    target = load_target("default")
+    prompts = [p for spec in args.prompts for p in select_prompts(spec, 0, None, args.categories)]
+    steps: dict[str, list[tuple[int, int, float, float]]] = {}
+    methods = {}
+    for name in args.methods.split(","):
+        method = build_method(name, target)
+        policy = method.engine.tree_policy
+        observe = policy.observe
+
+        def logged(tree, path, draft_s, verify_s, *a, _observe=observe, _name=name, **k):
+            steps[_name].append((len(tree), len(path), 1e3 * draft_s, 1e3 * verify_s))
+            return _observe(tree, path, draft_s, verify_s, *a, **k)
+
+        policy.observe = logged
+        steps[name], methods[name] = [], method
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    for p in prompts:
+        ids = encode_prompt(target.tokenizer, p["prompt"])
+        for method in methods.values():
+            method.engine.generate(ids, config)
+    print(f"{len(prompts)} prompts")
+    for name, rows in steps.items():
+        ms = sum(d + v for *_, d, v in rows)
+        print(f"{name}: {len(rows)} steps, {sum(a for _, a, _, _ in rows)} tokens, {ms / 1e3:.1f} s, "
+              f"{ms / len(rows):.1f} ms a step (verify {sum(v for *_, v in rows) / len(rows):.1f}, "
+              f"draft {sum(d for _, _, d, _ in rows) / len(rows):.2f})")
+        by_size = collections.defaultdict(list)
+        for size, accepted, d, v in rows:
+            by_size[size].append((accepted, d, v))
+        for size, xs in sorted(by_size.items()):
+            print(f"  tree of {size:>2}: {len(xs):>4} steps, tau {statistics.mean(x[0] for x in xs):.2f}, "
+                  f"verify {statistics.median(x[2] for x in xs):.1f} ms, "
+                  f"draft {statistics.median(x[1] for x in xs):.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
