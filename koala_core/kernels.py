@@ -80,10 +80,11 @@ def draft_dtype(target, choice: str = "auto") -> torch.dtype:
     token in its own dtype), so on a CPU ``auto`` drafts in int8:
 
     * ``int8-dynamic`` (:data:`DYNAMIC_INT8`) on a CPU with VNNI (AVX512-VNNI or AVX-VNNI): int8
-      weights *and* activations (quantised per call), through fbgemm's int8 GEMM. Measured on this
-      project's AVX512-BF16 CPU (``python benchmarks/draft_dtype.py``, README "Drafting in int8"):
-      less than half the matmul time of weight-only int8, whose kernel converts every weight to bf16
-      before multiplying;
+      weights *and* activations (quantised per call, smoothed by calibrated input ranges),
+      through fbgemm's int8 GEMM. Measured on this project's AVX512-BF16 CPU: the draft LM head
+      for four rows in 0.10 against 0.27 ms (``python benchmarks/draft_lm_head.py``), whole draft
+      steps 15-25 % cheaper at the same tau (README, "Speed on this hardware"), since weight-only
+      int8 converts every weight to bf16 before multiplying;
     * ``int8`` (:data:`INT8`, weight-only int8, bf16 activations) on other CPUs with torch's int8
       kernel: against bf16 on the AVX512-BF16 CPU, EAGLE's draft step 7.4 -> 4.8 ms and Hydra's
       4.0 -> 2.7 ms; on an AVX2-only CPU, whose bf16 is emulated, it still reads a quarter of fp32's
