@@ -301,6 +301,8 @@ def adaptive_trees(methods: list[dict]) -> list[str]:
         t = m["tree"]
         copies = (f"{t['copy_share']:.1%} ({t.get('copied_tokens', 0)})" if "copy_share" in t
                   else "-")
+        if t.get("copy_first_share"):  # of which copy-first steps (while drafting was on)
+            copies += f", copy-first {t['copy_first_share']:.1%}"
         lines.append(f"| {m['method']} | {t['drafting_share']:.1%} | {_fmt(t.get('shadow_share'), '.1%')} | "
                      f"{copies} | {t.get('switched_off', '-')} | {_fmt(t.get('mean_nodes'))} | "
                      f"{_fmt(t.get('forecast_tau'))} / {_fmt(t.get('tau_of_trees'))} | "

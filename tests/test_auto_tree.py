@@ -308,6 +308,7 @@ def test_while_drafting_is_off_copy_steps_draft_what_copying_proposes_without_th
         # floor 2.0: drafting is switched off after `patience` steps whatever it yields
         policy = registry.create("tree_policies", "auto", {"copy": copy, "floor": 2.0,
                                                            "patience": 2, "probe_every": 8})
+        policy.gain = lambda: 0.0  # whatever one stalled plain step measured (a loaded machine)
         head = CountingWrongHead(target=target)
         result = SpeculativeEngine(target, head, policy).generate(PROMPT, config)
         assert result.token_ids == truth
@@ -330,6 +331,7 @@ def test_a_head_skipped_by_copy_steps_catches_up_at_the_next_probe(registry):
     head = registry.create("heads", "eagle", {"draft_vocab": 0}, target=target)
     policy = registry.create("tree_policies", "auto", {"copy": 1, "floor": 2.0, "patience": 2,
                                                        "probe_every": 3})
+    policy.gain = lambda: 0.0  # switched off after `patience` steps, whatever the timings
     rows = []
     begin = head.begin
 
@@ -345,3 +347,29 @@ def test_a_head_skipped_by_copy_steps_catches_up_at_the_next_probe(registry):
     assert result.token_ids == hf_greedy(target, PROMPT, 48)
     assert policy.counts["copy_steps"] > 0
     assert len(rows) < result.target_forwards  # begins were skipped, and caught up after
+
+
+def test_copy_first_verifies_the_copy_chain_alone_when_it_beats_drafting(registry):
+    """With ``copy_first`` a step whose copy chain forecasts more tokens per second than the
+    recent drafting steps yielded verifies that chain alone: the head (always wrong here) is not
+    expanded that step, the output stays the target's, and fewer target forwards are needed."""
+    target = tiny_target(scale=4.0)
+    config = GenerationConfig(max_new_tokens=60, stop_at_eos=False)
+    truth = hf_greedy(target, PROMPT, 60)
+    results = {}
+    for first in (False, True):
+        # floor 0.01: drafting is never switched off, so only copy_first can skip the head
+        policy = registry.create("tree_policies", "auto", {"copy": 1, "floor": 0.01,
+                                                           "copy_first": first})
+        head = CountingWrongHead(target=target)
+        result = SpeculativeEngine(target, head, policy).generate(PROMPT, config)
+        assert result.token_ids == truth
+        c = policy.counts
+        assert c["switched_off"] == 0 and c["copy_steps"] == c["copy_first"]
+        # a copy-first step begins the head (before the policy can look) but never expands it
+        assert len(set(head.expanded)) == c["drafted_steps"] + c["shadow_steps"]
+        results[first] = (result, policy.summary())
+    (off, summary_off), (on, summary_on) = results[False], results[True]
+    assert summary_off["copy_first_share"] == 0
+    assert summary_on["copy_first_share"] > 0.2 and summary_on["copied_tokens"] > 10, summary_on
+    assert on.target_forwards < off.target_forwards

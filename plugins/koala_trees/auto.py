@@ -115,6 +115,10 @@ class AutoPolicy(CopyingPolicy):
         copy_steps: bool = field(default=True, metadata={
             "help": "with copy proposals on: while drafting is switched off, verify what copying "
                     "alone proposes (no head) instead of decoding plainly"})
+        copy_first: bool = field(default=False, metadata={
+            "help": "with copy proposals on: verify the copy chain alone (no head expansions) in a "
+                    "step where its calibrated forecast per second of verifying beats the recent "
+                    "drafting steps' tokens per second"})
         min_path: float = field(default=0.02, metadata={
             "help": "stop expanding when no frontier path is this likely to be accepted"})
 
@@ -150,10 +154,11 @@ class AutoPolicy(CopyingPolicy):
         self.paused = False  # drafting was switched off in this generation
         self.built = False  # whether this step's tree came from build (else: a plain step)
         self.copy_only = False  # this step drafts copies alone (drafting is switched off)
+        self.copied_first = False  # this step verifies the copy chain alone (copy_first)
         self.unverified: list[tuple[int, float]] = []  # depth-1 guesses built but not verified
         self.step = 0
         self.counts = {"steps": 0, "drafted_steps": 0, "shadow_steps": 0, "plain_steps": 0,
-                       "copy_steps": 0, "copied": 0, "switched_off": 0, "nodes": 0}
+                       "copy_steps": 0, "copy_first": 0, "copied": 0, "switched_off": 0, "nodes": 0}
         self.forecast = 1.0  # tokens the chosen tree was expected to yield (1 + its path probabilities)
         self.tally = [0.0, 0.0]  # over verified trees: forecast tokens, tokens they yielded
 
@@ -247,6 +252,12 @@ class AutoPolicy(CopyingPolicy):
         head = self.drafter(head, ctx)
         if self.copy_only:
             return self.copy_chain(head, ctx)
+        if cfg.copy_first and cfg.copy and self.window[1] > 0:
+            chain = self.copy_chain(head, ctx)
+            if len(chain) > 1 and (self.forecast / self.verify_s(len(chain))
+                                   > self.window[0] / self.window[1]):
+                self.copied_first = True
+                return chain
         tree = Tree(ctx.root)
         path_p = [1.0]  # probability that the target accepts each node's whole path
         frontier = [0]
@@ -344,8 +355,10 @@ class AutoPolicy(CopyingPolicy):
         if not built:  # a plain step: nothing drafted
             self.counts["plain_steps"] += 1
             return
-        if self.copy_only:  # not the head's drafting: no evidence for the floor or its costs
+        copied_first, self.copied_first = self.copied_first, False
+        if self.copy_only or copied_first:  # not the head's drafting: no evidence for the floor or its costs
             self.counts["copy_steps"] += 1
+            self.counts["copy_first"] += copied_first
             self.counts["copied"] += len(path) - 1
             self.learn_tree(tree, path)
             return
@@ -398,6 +411,7 @@ class AutoPolicy(CopyingPolicy):
                 "shadow_share": round(c["shadow_steps"] / max(c["steps"], 1), 3),
                 "copy_share": round(c["copy_steps"] / max(c["steps"], 1), 3),
                 "copied_tokens": c["copied"],  # accepted in copy steps
+                "copy_first_share": round(c["copy_first"] / max(c["steps"], 1), 3),
                 "mean_nodes": round(c["nodes"] / drafted, 2), "switched_off": c["switched_off"],
                 # tokens per verified tree: what the calibration forecast against what came
                 "forecast_tau": round(self.tally[0] / drafted, 3),
