@@ -91,7 +91,8 @@ def draft_dtype(target, choice: str = "auto") -> torch.dtype:
       bytes: 30-40 % less drafting time than fp32 in the engine (README);
 
     elsewhere bf16 where that is fast (CUDA, a CPU with native bf16), else the target's dtype. Both
-    int8 kinds run on CPUs only."""
+    int8 kinds run on CPUs only; int8-dynamic needs the target's tokenizer (its calibration text:
+    a model handed to transformers' ``generate`` without one drafts in int8)."""
     from .config import check_draft_dtype
     from .errors import ConfigError
 
@@ -102,14 +103,18 @@ def draft_dtype(target, choice: str = "auto") -> torch.dtype:
             raise ConfigError("--draft-dtype int8 runs on a CPU with torch's weight-only int8 "
                               "kernel; use bfloat16 here")
         return INT8
+    calibratable = getattr(target, "tokenizer", None) is not None  # koala_core.calibration's text
     if choice == "int8-dynamic":
         if not cpu or not dynamic_int8_available():
             raise ConfigError("--draft-dtype int8-dynamic runs on a CPU with torch's fbgemm int8 "
                               "kernels (x86); use int8 or bfloat16 here")
+        if not calibratable:
+            raise ConfigError("--draft-dtype int8-dynamic calibrates on a text and needs the "
+                              "target's tokenizer; this target has none: use int8")
         return DYNAMIC_INT8
     if choice != "auto":
         return torch.float32 if choice == "float32" else torch.bfloat16
-    if cpu and dynamic_int8_available() and cpu_has_vnni():
+    if cpu and dynamic_int8_available() and cpu_has_vnni() and calibratable:
         return DYNAMIC_INT8
     if cpu and int8_available():
         return INT8

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import tiny_model, tiny_tokenizer
+from koala_core.adapter import TargetModel
 from koala_core.errors import ModelError
 from koala_core.kernels import OneDNNLinear, onednn_available, use_onednn_linears
 from koala_core.model import load_target
@@ -165,6 +166,10 @@ def test_draft_dtype_choice_and_bf16_drafting_stays_lossless(registry, monkeypat
     monkeypatch.setattr(kernels, "cpu_has_vnni", lambda: True)
     assert kernels.draft_dtype(target) == torch.qint8  # int8 activations too where VNNI multiplies them
     assert kernels.draft_dtype_name(kernels.draft_dtype(target)) == "int8-dynamic"
+    bare = TargetModel(target.model, tokenizer=None)  # e.g. inside transformers' generate()
+    assert kernels.draft_dtype(bare) == torch.int8  # nothing to calibrate on
+    with pytest.raises(ConfigError, match="needs the target's tokenizer"):
+        kernels.draft_dtype(bare, "int8-dynamic")
     monkeypatch.setattr(kernels, "cpu_has_vnni", lambda: False)
     for native in (False, True):  # an AVX2-only CPU, then one with AVX512-BF16
         monkeypatch.setattr(kernels, "cpu_has_bf16", lambda: native)
