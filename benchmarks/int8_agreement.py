@@ -1,8 +1,9 @@
 """How often a shipped head's top-1 draft in each draft dtype agrees with its fp32 self, per depth
 (EAGLE: depth 1), on the target's own greedy continuations of MT-bench prompts (teacher-forced:
-every head reads the target's true states and tokens). Shows what quantising activations costs a draft, and what the
-calibrated smoothing of int8-dynamic gives back (``int8-dynamic-unsmoothed``: the same kernel with
-one scale per call and no smoothing, what int8-dynamic was before its calibration).
+every head reads the target's true states and tokens). Shows what quantising activations costs
+a draft, and what the calibrated smoothing of int8-dynamic gives back
+(``int8-dynamic-unsmoothed``: the same kernel with one scale per call and no smoothing, what
+int8-dynamic was before its calibration).
 
     python benchmarks/int8_agreement.py [--checkpoint checkpoints/hydra-k1 --prompts 12 --tokens 40]
 """

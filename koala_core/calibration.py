@@ -3,10 +3,11 @@ int8 activations need.
 
 Quantising a layer's input to 8 bits with one scale per call (fbgemm's dynamic int8 linear) fails
 where a few channels are far larger than the rest: a target's hidden states carry channels ~50x
-their median, so the others keep 2-3 bits (the default head's top-1 draft then agreed with its fp32
-self on 79 % of positions, against 96 % for weight-only int8; ``benchmarks/int8_agreement.py``). SmoothQuant (Xiao et al. 2023)
-moves that range into the weights: ``x W^T = (x / s) (W s)^T`` with ``s_c = sqrt(max|x_c| /
-max|W_c|)``, exact in real arithmetic, and both factors quantise well (96 % again). The ranges come
+their median, so the others keep 2-3 bits (the default head's top-1 draft then agreed with its
+fp32 self on 79 % of positions, against 96 % for weight-only int8;
+``benchmarks/int8_agreement.py``). SmoothQuant (Xiao et al. 2023) moves that range into the
+weights: ``x W^T = (x / s) (W s)^T`` with ``s_c = sqrt(max|x_c| / max|W_c|)``, exact in real
+arithmetic, and both factors quantise well (96 % again). The ranges come
 from the head's own training forward over the target's states of a fixed multi-domain text, so
 every head plugin is calibrated alike, the same way on every load (drafts do not depend on what
 was generated before).
@@ -67,7 +68,8 @@ def _target_states(target, aux_layers: tuple[int, ...]) -> TrainBatch:
 
 
 @torch.no_grad()
-def input_ranges(head: NeuralHead, batch: TrainBatch) -> tuple[dict[nn.Linear, torch.Tensor], torch.Tensor | None]:
+def input_ranges(head: NeuralHead,
+                 batch: TrainBatch) -> tuple[dict[nn.Linear, torch.Tensor], torch.Tensor | None]:
     """Per input channel, the largest |input| each of ``head``'s Linear layers and its LM-head rows
     (``project``) saw in the head's training forward over ``batch`` (fp32, eval mode)."""
     seen: dict[nn.Module, torch.Tensor] = {}

@@ -276,8 +276,9 @@ class SiblingGroup:
     changed in place since; inference tensors keep none, and the decoder layers that call these
     siblings never write to their input); called with anything else, it computes alone. Through
     oneDNN each sibling's result equals its own call bit for bit (its generic layout: tested), so
-    fusing changes speed only (drafts need no exactness). The stacked copy is repacked when any member's weight or bias changes, like
-    :class:`PackedWeight`; for gradients, other devices and dtypes the members run alone.
+    fusing changes speed only (drafts need no exactness). The stacked copy is repacked when any
+    member's weight or bias changes, like :class:`PackedWeight`; for gradients, other devices and
+    dtypes the members run alone.
     """
 
     def __init__(self, members: list[OneDNNLinear]) -> None:

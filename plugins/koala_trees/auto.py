@@ -356,7 +356,7 @@ class AutoPolicy(CopyingPolicy):
             self.counts["plain_steps"] += 1
             return
         copied_first, self.copied_first = self.copied_first, False
-        if self.copy_only or copied_first:  # not the head's drafting: no evidence for the floor or its costs
+        if self.copy_only or copied_first:  # not the head's drafting: no floor evidence, no costs
             self.counts["copy_steps"] += 1
             self.counts["copy_first"] += copied_first
             self.counts["copied"] += len(path) - 1
