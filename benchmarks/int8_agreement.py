@@ -14,6 +14,7 @@ import torch
 
 from koala_core import kernels
 from koala_core.bench import select_prompts
+from koala_core.calibration import calibration_batch, input_ranges
 from koala_core.checkpoint import load_head
 from koala_core.model import load_target
 from koala_core.prompts import encode_prompt
@@ -65,6 +66,14 @@ def main() -> None:
     texts = [p["prompt"] for p in select_prompts("mtbench", args.offset, args.prompts)]
     data = continuations(target, texts, args.tokens)
     ref = load_head(args.checkpoint, target, draft_dtype="float32")
+    plain = load_head(args.checkpoint, target, draft_dtype="bfloat16").float()  # nn.Linear layers
+    ranges, rows = input_ranges(plain, calibration_batch(target, plain.aux_layers))
+    names = {module: name for name, module in plain.named_modules()}
+    spread = {names[m]: r.max() / r.median() for m, r in ranges.items()}
+    if rows is not None:
+        spread["LM-head rows"] = rows.max() / rows.median()
+    print("largest input channel over the median one, per layer (calibration text): "
+          + ", ".join(f"{n} {float(x):.0f}x" for n, x in spread.items()))
     depths = range(1, (args.depths if hasattr(ref, "head") else 1) + 1)  # EAGLE: depth 1
     base = {d: top1(ref, data, d) for d in depths}
     kinds = ["bfloat16", "int8"] + (["int8-dynamic", "int8-dynamic-unsmoothed"]
