@@ -22,6 +22,7 @@ from torch import nn
 
 from .heads import NeuralHead, TrainBatch
 from .prompts import encode_prompt
+from .tensors import hidden_and_aux
 
 # a user turn and the start of an answer: prose, a list, arithmetic, code, other languages
 CALIBRATION_PROMPT = ("Explain how a bicycle stays upright, then solve 12 * 7 + 5 and translate "
@@ -56,9 +57,8 @@ def _target_states(target, aux_layers: tuple[int, ...]) -> TrainBatch:
     ids = encode_prompt(tok, CALIBRATION_PROMPT)
     ids = ids + list(tok(CALIBRATION_ANSWER, add_special_tokens=False)["input_ids"])
     ids = ids[: target.max_length]
-    out = target.forward(torch.tensor(ids, device=target.device), target.new_cache(),
-                         aux_layers=aux_layers)
-    hidden, aux = out if aux_layers else (out, None)
+    hidden, aux = hidden_and_aux(target.forward(torch.tensor(ids, device=target.device),
+                                                target.new_cache(), aux_layers=aux_layers))
     labels = target.logits(hidden).argmax(-1)
     keep = slice(SKIP if len(ids) > SKIP + 2 else 0, None)
     row = torch.tensor(ids, device=target.device)[keep][None]

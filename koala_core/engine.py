@@ -18,7 +18,7 @@ import torch
 from .errors import ConfigError, PromptError
 from .interfaces import DraftContext, DraftHead, TreeBudget, TreePolicy, Verifier
 from .sampling import Sampling, choose
-from .tensors import to_device
+from .tensors import hidden_and_aux, to_device
 from .tree import Tree
 
 
@@ -104,11 +104,6 @@ class GenerationResult:
         return self.accepted / self.drafted if self.drafted else 0.0
 
 
-def _split(out) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The target's forward output as (hidden, aux): aux is None when no aux layers were asked."""
-    return out if isinstance(out, tuple) else (out, None)
-
-
 def default_verifier_name(sampling: Sampling) -> str:
     """The one rule for the verifier nobody named: greedy at T=0, exact rejection sampling at T>0."""
     return "greedy" if sampling.greedy else "rejection"
@@ -187,8 +182,8 @@ class SpeculativeEngine:
         cache = self.cache = target.new_cache(len(prompt_ids) + max_new + config.max_tree_nodes + 1)
         t0 = time.perf_counter()
         aux_layers = self.head.aux_layers if self.head is not None else ()
-        hidden, aux = _split(target.forward(torch.tensor(prompt_ids, device=device), cache,
-                                            aux_layers=aux_layers))  # (P, D), (P, n_aux * D)
+        hidden, aux = hidden_and_aux(target.forward(torch.tensor(prompt_ids, device=device), cache,
+                                                    aux_layers=aux_layers))  # (P, D), (P, n_aux * D)
         root = choose(target.logits(hidden[-1:])[0], sampling, generator)
         emitted = 1
         yield Step([root], 0, 0, prefill=True, verify_s=time.perf_counter() - t0)
@@ -217,11 +212,11 @@ class SpeculativeEngine:
             on = tree.on(device)  # tokens and tree tensors on the device, copied without a sync
             t_forward = time.perf_counter()
             if shape.is_chain:  # plain causal attention: no mask to build
-                hidden, aux = _split(target.forward(on.tokens, cache, aux_layers=aux_layers))
+                hidden, aux = hidden_and_aux(target.forward(on.tokens, cache, aux_layers=aux_layers))
             else:
-                hidden, aux = _split(target.forward(on.tokens, cache, positions=on.shape.depths + past,
-                                                    tree_mask=on.shape.ancestors,
-                                                    aux_layers=aux_layers))
+                hidden, aux = hidden_and_aux(target.forward(
+                    on.tokens, cache, positions=on.shape.depths + past,
+                    tree_mask=on.shape.ancestors, aux_layers=aux_layers))
             logits = target.logits(hidden)  # (n, V)
             t_forward = time.perf_counter() - t_forward
             verdict = verifier.verify(tree, shape, logits, sampling, generator)  # waits once

@@ -56,3 +56,8 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
             _, pid, name = key.split(".", 2)
             state.setdefault(int(pid), {})[name] = value
     opt.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+def hidden_and_aux(out) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A target forward's output as (hidden, aux): aux is None when no aux layers were asked."""
+    return out if isinstance(out, tuple) else (out, None)
