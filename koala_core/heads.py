@@ -107,14 +107,15 @@ class NeuralHead(DraftHead):
         from .kernels import draft_dtype_name
 
         self.drafts_in = draft_dtype_name(dtype)  # reported by `koala generate --verbose`
+        from .kernels import pack_now
+
         if dtype == torch.int8:
             from .kernels import Int8Weight, use_int8_linears
 
             self.to(torch.bfloat16)
             use_int8_linears(self)
             self._packed_rows = Int8Weight(lambda: self.lm_rows)
-            return self
-        if dtype == torch.qint8:
+        elif dtype == torch.qint8:
             from .calibration import calibration_batch, input_ranges
             from .kernels import DynamicInt8Weight, use_dynamic_int8_linears
 
@@ -122,10 +123,13 @@ class NeuralHead(DraftHead):
             ranges, rows = input_ranges(self, calibration_batch(self.target, self.aux_layers))
             use_dynamic_int8_linears(self, ranges)
             self._packed_rows = DynamicInt8Weight(lambda: self.lm_rows, input_range=rows)
-            return self
-        if any(t.dtype != dtype for t in [self.lm_rows, *self.parameters()]):
+        elif any(t.dtype != dtype for t in [self.lm_rows, *self.parameters()]):
             return self.to(dtype)
-        return self.use_kernels(getattr(self.target, "kernels", "torch"))
+        else:
+            self.use_kernels(getattr(self.target, "kernels", "torch"))
+        # packed now, not by the first draft step of the first generation
+        pack_now(self, *([self._packed_rows] if self._packed_rows is not None else []))
+        return self
 
     def start_added_layers(self, first: int) -> None:
         """After a warm start from a head with ``first`` layers (``koala train --init`` growing K):

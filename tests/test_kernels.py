@@ -350,3 +350,36 @@ def test_sibling_projections_share_one_call_and_give_each_its_own_result(monkeyp
     attn.q_proj(x).sum().backward()
     attn.k_proj(x).sum().backward()
     assert attn.q_proj.weight.grad is not None and attn.k_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("dtype", ["onednn", "int8", "int8-dynamic"])
+def test_drafting_heads_are_packed_before_their_first_draft(registry, monkeypatch, dtype):
+    """prepare_drafting packs every draft-time copy (layers, sibling groups, draft LM head), so
+    the first draft step of a generation packs nothing; the packed head drafts as before."""
+    from conftest import tiny_target
+    from koala_core import kernels
+    from koala_core.engine import GenerationConfig, SpeculativeEngine
+
+    if dtype == "onednn" and not onednn_available():
+        pytest.skip("no oneDNN in this torch")
+    if dtype == "int8" and not kernels.int8_available():
+        pytest.skip("no weight-only int8 kernel in this torch")
+    if dtype == "int8-dynamic" and not kernels.dynamic_int8_available():
+        pytest.skip("this torch has no fbgemm dynamic int8 linear")
+    target = tiny_target()
+    target.kernels = "onednn"
+    torch.manual_seed(0)
+    head = registry.create("heads", "eagle", {"draft_vocab": 0}, target=target)
+    head.prepare_drafting({"onednn": torch.float32, "int8": torch.int8,
+                           "int8-dynamic": torch.qint8}[dtype])
+    packs = []
+    for cls in (kernels.PackedWeight, kernels.Int8Weight, kernels.DynamicInt8Weight):
+        original = cls.pack
+        monkeypatch.setattr(cls, "pack", lambda self, w, b, original=original: packs.append(w.shape)
+                            or original(self, w, b))
+    prompt, cfg = [0, 5, 6, 7, 8, 5, 6, 7], GenerationConfig(12, stop_at_eos=False)
+    plain = SpeculativeEngine(target).generate(prompt, cfg).token_ids
+    packs.clear()  # plain decoding may pack the target's own layers on first use
+    result = SpeculativeEngine(target, head).generate(prompt, cfg)
+    assert result.token_ids == plain and result.drafted > 0
+    assert packs == []
