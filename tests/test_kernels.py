@@ -57,7 +57,13 @@ def test_load_target_kernels_option(tmp_path):
     folder = tmp_path / "tiny"
     tiny_model().save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
-    assert load_target(folder).kernels == "onednn"
+    target = load_target(folder)
+    assert target.kernels == "onednn"
+    # packed as it loads, each Linear alone or in its sibling group: the first forward (a
+    # server's first request) packs nothing
+    linears = [m for m in target.model.modules() if isinstance(m, OneDNNLinear)]
+    assert linears and any(m._group for m in linears)
+    assert all((m._group[0] if m._group else m._packed)._key is not None for m in linears)
     assert load_target(folder, kernels="torch").kernels == "torch"
     assert load_target(folder, dtype="bfloat16").kernels == "torch"  # auto: fp32 only
     with pytest.raises(ModelError, match="float32"):
