@@ -104,11 +104,9 @@ class NeuralHead(DraftHead):
         and the LM-head rows in int8, activations quantised per call (fbgemm), smoothed by the
         input ranges of a calibration text (:mod:`koala_core.calibration`)."""
         self.eval()
-        from .kernels import draft_dtype_name
+        from .kernels import draft_dtype_name, pack_now
 
         self.drafts_in = draft_dtype_name(dtype)  # reported by `koala generate --verbose`
-        from .kernels import pack_now
-
         if dtype == torch.int8:
             from .kernels import Int8Weight, use_int8_linears
 
