@@ -25,13 +25,24 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.in
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("family", ["medusa", "hydra", "eagle"])
 def test_draft_step_latency(benchmark, bench_target, family, layers, dtype):
-    target, reg = bench_target, default_registry()
+    options = {"layers": layers, **({"heads": 3} if family != "eagle" else {})}
+    time_draft_step(benchmark, bench_target, family, options, dtype)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_eagle_narrow_second_layer(benchmark, bench_target, dtype):
+    """EAGLE K = 2 with layer 2's MLP a quarter of the target's width (`extra_intermediate=384`,
+    the ablation's narrow arm): what the narrower layer saves against `eagle-2-*` above."""
+    time_draft_step(benchmark, bench_target, "eagle", {"layers": 2, "extra_intermediate": 384}, dtype)
+
+
+def time_draft_step(benchmark, target, family: str, options: dict, dtype: str) -> None:
+    reg = default_registry()
     if dtype == "int8" and not kernels.int8_available():
         pytest.skip("no weight-only int8 kernel in this torch")
     if dtype == "int8-dynamic" and not kernels.dynamic_int8_available():
         pytest.skip("no fbgemm dynamic int8 linear in this torch")
     torch.manual_seed(0)
-    options = {"layers": layers, **({"heads": 3} if family != "eagle" else {})}
     head = reg.create("heads", family, options, target=target).to(target.device)
     head.prepare_drafting(DTYPES[dtype])
     policy = reg.create("tree_policies", *TREES[family])
@@ -44,5 +55,4 @@ def test_draft_step_latency(benchmark, bench_target, family, layers, dtype):
             return policy.build(head, ctx)
 
     tree = benchmark.pedantic(draft, setup=target_step, rounds=15, warmup_rounds=2)
-    benchmark.extra_info.update({"family": family, "layers": layers, "dtype": dtype,
-                                 "nodes": len(tree) - 1})
+    benchmark.extra_info.update({"family": family, **options, "dtype": dtype, "nodes": len(tree) - 1})
