@@ -53,9 +53,9 @@ class EagleHead(NeuralHead):
                     "features the first step reads (EAGLE-1's augmentation: deeper draft steps read "
                     "the head's own, imperfect features); 0 = none"})
         extra_intermediate: int = field(default=0, metadata={
-            "help": "MLP width of decoder layers 2..K (0 = the target's): a cheaper K-layer head, "
-                    "since a CPU draft step costs what its weights cost to read and the MLP holds "
-                    "three quarters of a layer's"})
+            "help": "MLP width of decoder layers 2..K (0 = the target's): a cheaper K-layer head "
+                    "(the MLP holds three quarters of a layer's weights; on a 2-core CPU a 384-wide "
+                    "second layer drafted in ~70 % of a full one's time)"})
 
         def __post_init__(self):
             if self.layers < 1 or self.ttt_steps < 1:
