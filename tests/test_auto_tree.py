@@ -204,13 +204,49 @@ def test_verify_cost_keeps_the_shape_of_this_machines_curve(registry):
     fit = registry.create("tree_policies", "auto", {"verify_model": "fit"})
     fit.saved = saved
     steps(fit, times)
-    assert fit.verify_s(2) <= fit.verify_s(4)  # a line cannot bend
+    assert fit.model_s(2) <= fit.model_s(4)  # a line cannot bend (before per-size measurements)
     without = registry.create("tree_policies", "auto")
     without.saved = {}  # no `koala cost` curve on this machine: the line fit
     steps(without, times)
     assert without.verify_s(4) == pytest.approx(fit.verify_s(4))
     with pytest.raises(Exception, match="verify_model"):
         registry.create("tree_policies", "auto", {"verify_model": "guess"})
+
+
+def test_sizes_are_priced_by_what_they_measured_in_the_loop(registry):
+    """The saved curve is a prior: a size that measured slow in the loop is priced slow, one that
+    measured fast is picked, and a size rarely verified is priced optimistically so it gets tried."""
+    from koala_core.tree import Tree
+
+    def observe(policy, n, t, times=20):
+        for _ in range(times):
+            tree = Tree(0)
+            for i in range(1, n):
+                tree.add(i - 1, i)
+            policy.observe(tree, [0], 0.0, t)
+
+    p = [0.6, 0.3] + [0.05] * 5  # candidate nodes' path probabilities, best first
+    policy = registry.create("tree_policies", "auto", {"explore": 0.0})
+    policy.saved = {1: 1.0, 4: 1.0, 8: 1.0}  # the curve says: 5 rows cost what 8 do
+    observe(policy, 1, 0.040)
+    observe(policy, 8, 0.060)
+    assert policy.verify_s(8) == pytest.approx(0.060, rel=0.02)
+    assert policy.best_size(p, 0.0) == 7  # nothing says fewer rows are cheaper: all 7 pay
+    observe(policy, 5, 0.042)  # until 5 rows are measured in the loop
+    assert policy.verify_s(5) < 0.046 and policy.verify_s(8) > 0.058
+    assert policy.best_size(p, 0.0) == 4
+    explorer = registry.create("tree_policies", "auto")  # explore=0.1
+    explorer.saved = dict(policy.saved)
+    observe(explorer, 1, 0.040)
+    observe(explorer, 8, 0.060)
+    assert explorer.choice_s(5) == pytest.approx(0.9 * explorer.verify_s(5))  # never verified
+    assert explorer.choice_s(8) > 0.97 * explorer.verify_s(8)  # verified often: little optimism
+    close = registry.create("tree_policies", "auto")
+    close.saved = dict(policy.saved)
+    observe(close, 1, 0.058)  # plain decoding costs about what a tree does
+    observe(close, 8, 0.060)
+    assert close.choice_s(2) < close.verify_s(1) < close.verify_s(2)
+    assert close.best_size([0.0] * 7, 0.0) == 0  # optimism never verifies a tree of no value
 
 
 def test_a_policy_written_before_bonus_joined_observe_still_runs(registry):

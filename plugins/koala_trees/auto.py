@@ -13,7 +13,12 @@ against plain decoding's 1 / verify(1). Everything on the right is measured, not
   verifier accepted so far (hits / trials per draft-depth and probability bucket, starting from
   "the draft probability is right"); a node's path probability is the product down its path;
 - verify(n): the seconds of verifying an n-node tree: this machine's `koala cost` curve scaled to
-  the measured tree steps (a line fitted to them where no curve is saved);
+  the measured tree steps (a line fitted to them where no curve is saved), and, for each size the
+  policy has verified, pulled towards what that size measured in the loop. The curve's shape is
+  a prior, not the truth: on the 2-core CPU a 5-row verify ran 15 % faster than an 8-row one in
+  the loop where the saved curve had them level. So the choice is optimistic about sizes it has
+  rarely measured (``explore``: a size never verified counts up to that share cheaper), tries
+  them, and keeps the ones that measure fast;
 - draft: the seconds of the head's last drafting steps.
 
 The best size may be zero: a *shadow step*. Once drafted, a tree whose best nodes cannot pay for
@@ -57,6 +62,8 @@ MEMORY = 100.0  # trials per cell after which old evidence fades (adapts within 
 DECAY = 0.85  # weight of the previous drafting step in the recent-gain window (~7 steps)
 FIT_DECAY = 0.98  # weight of older tree steps in the verify-cost line (~50 steps)
 OUTLIER = 2.0  # a measured time counts at most this many times its expected value
+SIZE_DECAY = 0.95  # weight of older steps of one tree size in its measured time (~20 steps)
+SIZE_PRIOR = 2.0  # pseudo-steps of the curve behind a size's measured time
 PSEUDO = 6.0  # forecast hits behind the per-generation scale (a few steps of evidence move it)
 
 
@@ -121,6 +128,10 @@ class AutoPolicy(CopyingPolicy):
                     "drafting steps' tokens per second"})
         min_path: float = field(default=0.02, metadata={
             "help": "stop expanding when no frontier path is this likely to be accepted"})
+        explore: float = field(default=0.1, metadata={
+            "help": "optimism about the verify time of tree sizes rarely measured: a size never "
+                    "verified counts this share cheaper, fading as it is measured (0: the "
+                    "cost model's estimate alone)"})
 
         def __post_init__(self):
             super().__post_init__()
@@ -130,8 +141,8 @@ class AutoPolicy(CopyingPolicy):
             if self.verify_model not in ("curve", "fit"):
                 raise ConfigError(f"auto: verify_model must be 'curve' or 'fit', got "
                                   f"{self.verify_model!r}")
-            if not 0 <= self.min_path < 1 or not 0 < self.floor <= 2:
-                raise ConfigError("auto: min_path must be in [0, 1), floor in (0, 2]")
+            if not 0 <= self.min_path < 1 or not 0 < self.floor <= 2 or not 0 <= self.explore < 1:
+                raise ConfigError("auto: min_path and explore must be in [0, 1), floor in (0, 2]")
 
     def __init__(self, config=None) -> None:
         super().__init__(config)
@@ -141,6 +152,7 @@ class AutoPolicy(CopyingPolicy):
         self.verify = {}  # tree size (root included) -> Ema of seconds (reported; n = 1 used)
         self.fit = [0.0] * 5  # decayed sums w, w n, w n^2, w t, w n t over tree steps (n >= 2)
         self.curve_fit = [0.0, 0.0]  # decayed sums w r t, w r^2 (r: the prior ratio of the size)
+        self.sizes: dict[int, list[float]] = {}  # tree size -> decayed sums of seconds and of steps
         self.saved: dict[int, float] | None = None  # `koala cost`'s curve for the head's target
         self.draft = Ema()
         self.per_level = Ema()  # drafting seconds per expanded level
@@ -168,11 +180,28 @@ class AutoPolicy(CopyingPolicy):
         return hits / trials
 
     def verify_s(self, n: int) -> float:
-        """Expected seconds to verify an n-token tree (root included): the measured plain step for
-        n = 1; for trees, this machine's saved curve scaled by one factor fitted to the measured
-        tree steps (``verify_model="curve"``: oneDNN's cost is not a line in n, e.g. 2 tokens may
-        cost more than 4), else a straight line a + b n fitted to them (decayed least squares:
-        robust to the noise of single sizes), the prior curve until two sizes are known."""
+        """Expected seconds to verify an n-token tree (root included): the model of
+        :meth:`model_s`, pulled towards what this size measured in the loop where it was verified
+        (``SIZE_PRIOR`` pseudo-steps of the model against the size's decayed steps)."""
+        model = self.model_s(n)
+        seen = self.sizes.get(n) if n > 1 else None
+        if seen is None:
+            return model
+        return (SIZE_PRIOR * model + seen[0]) / (SIZE_PRIOR + seen[1])
+
+    def choice_s(self, n: int) -> float:
+        """The verify time the choice of a size uses: :meth:`verify_s`, optimistic by up to
+        ``explore`` for a size rarely verified (so that a size the model prices too high is tried,
+        and kept if it measures fast; one priced too low is corrected once it is verified)."""
+        steps = self.sizes[n][1] if n in self.sizes else 0.0
+        return self.verify_s(n) * (1.0 - self.config.explore / math.sqrt(1.0 + steps))
+
+    def model_s(self, n: int) -> float:
+        """The verify time of an n-token tree before per-size measurements: the measured plain
+        step for n = 1; for trees, this machine's saved curve scaled by one factor fitted to the
+        measured tree steps (``verify_model="curve"``: oneDNN's cost is not a line in n, e.g. 2
+        tokens may cost more than 4), else a straight line a + b n fitted to them (decayed least
+        squares: robust to the noise of single sizes), the prior curve until two sizes are known."""
         plain = self.verify.get(1)
         if n == 1 and plain is not None:
             return plain.value
@@ -293,14 +322,18 @@ class AutoPolicy(CopyingPolicy):
 
     def best_size(self, ranked_p: list[float], draft: float) -> int:
         """How many of the candidate nodes (their path probabilities, best first) to verify: the
-        n maximising (1 + their sum) / (draft + verify(n + 1)); zero when no tree pays for its
-        extra verify rows (the draft is paid for already)."""
-        best_n, best_rate, expected = 0, 1.0 / (draft + self.verify_s(1)), 1.0
+        n maximising (1 + their sum) / (draft + verify(n + 1)), the verify times optimistic about
+        sizes rarely measured (:meth:`choice_s`); zero when that tree, at its expected verify time,
+        does not pay for its extra rows (the draft is paid for already)."""
+        best_n, best_rate, best_expected, expected = 0, 0.0, 1.0, 1.0
         for n, p in enumerate(ranked_p, 1):
             expected += p
-            rate = expected / (draft + self.verify_s(n + 1))
+            rate = expected / (draft + self.choice_s(n + 1))
             if rate > best_rate:
-                best_n, best_rate = n, rate
+                best_n, best_rate, best_expected = n, rate, expected
+        plain = 1.0 / (draft + self.verify_s(1))
+        if best_n and best_expected / (draft + self.verify_s(best_n + 1)) <= plain:
+            return 0  # exploring sizes is no reason to verify a tree that does not pay
         return best_n
 
     def copy_chain(self, drafter, ctx: DraftContext) -> Tree:
@@ -350,6 +383,8 @@ class AutoPolicy(CopyingPolicy):
             r = self.ratio(n)
             self.curve_fit = [FIT_DECAY * self.curve_fit[0] + r * verify_s,
                               FIT_DECAY * self.curve_fit[1] + r * r]
+            seen = self.sizes.setdefault(n, [0.0, 0.0])
+            seen[0], seen[1] = SIZE_DECAY * seen[0] + verify_s, SIZE_DECAY * seen[1] + 1.0
         self.counts["steps"] += 1
         built, self.built = self.built, False
         if not built:  # a plain step: nothing drafted
