@@ -235,6 +235,11 @@ def test_sizes_are_priced_by_what_they_measured_in_the_loop(registry):
     observe(policy, 5, 0.042)  # until 5 rows are measured in the loop
     assert policy.verify_s(5) < 0.046 and policy.verify_s(8) > 0.058
     assert policy.best_size(p, 0.0) == 4
+    before = registry.create("tree_policies", "auto", {"measured_sizes": False, "explore": 0.0})
+    before.saved = dict(policy.saved)  # auto before per-size prices: the curve's shape alone
+    for n, t in ((1, 0.040), (8, 0.060), (5, 0.042)):
+        observe(before, n, t)
+    assert before.verify_s(5) == before.model_s(5) and before.best_size(p, 0.0) == 7
     explorer = registry.create("tree_policies", "auto")  # explore=0.1
     explorer.saved = dict(policy.saved)
     observe(explorer, 1, 0.040)

@@ -128,6 +128,9 @@ class AutoPolicy(CopyingPolicy):
                     "drafting steps' tokens per second"})
         min_path: float = field(default=0.02, metadata={
             "help": "stop expanding when no frontier path is this likely to be accepted"})
+        measured_sizes: bool = field(default=True, metadata={
+            "help": "price each tree size the policy has verified by what it measured in the loop "
+                    "(false, with explore=0: the cost model alone, auto before 2026-12-03)"})
         explore: float = field(default=0.1, metadata={
             "help": "optimism about the verify time of tree sizes rarely measured: a size never "
                     "verified counts this share cheaper, fading as it is measured (0: the "
@@ -184,7 +187,7 @@ class AutoPolicy(CopyingPolicy):
         :meth:`model_s`, pulled towards what this size measured in the loop where it was verified
         (``SIZE_PRIOR`` pseudo-steps of the model against the size's decayed steps)."""
         model = self.model_s(n)
-        seen = self.sizes.get(n) if n > 1 else None
+        seen = self.sizes.get(n) if n > 1 and self.config.measured_sizes else None
         if seen is None:
             return model
         return (SIZE_PRIOR * model + seen[0]) / (SIZE_PRIOR + seen[1])
