@@ -24,9 +24,12 @@ def main() -> None:
     ap.add_argument("--categories", default=None)
     ap.add_argument("--methods", default="lookup,default")
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--offset", type=int, default=0, help="first prompt of each --prompts")
+    ap.add_argument("--limit", type=int, default=None, help="prompts of each --prompts")
     args = ap.parse_args()
     target = load_target("default")
-    prompts = [p for spec in args.prompts for p in select_prompts(spec, 0, None, args.categories)]
+    prompts = [p for spec in args.prompts
+               for p in select_prompts(spec, args.offset, args.limit, args.categories)]
     steps: dict[str, list[tuple[int, int, float, float]]] = {}
     methods = {}
     for name in args.methods.split(","):

@@ -799,7 +799,7 @@ def evaluate(checkpoint, data, split, window, prompts, offset, limit, depth, max
 @click.option("--model", default="default", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True, help="float32 or bfloat16.")
-@click.option("--sizes", default="1,2,3,4,6,8,12,16,24,32", show_default=True,
+@click.option("--sizes", default="1,2,3,4,5,6,7,8,10,12,16,24,32", show_default=True,
               help="Comma-separated token counts to verify.")
 @click.option("--context", default="256", show_default=True,
               help="Tokens already in the KV cache; several comma-separated give one curve each.")
