@@ -15,7 +15,7 @@ against plain decoding's 1 / verify(1). Everything on the right is measured, not
 - verify(n): the seconds of verifying an n-node tree: this machine's `koala cost` curve scaled to
   the measured tree steps (a line fitted to them where no curve is saved), and, for each size the
   policy has verified, pulled towards what that size measured in the loop. The curve's shape is
-  a prior, not the truth: on the 2-core CPU a 5-row verify ran 15 % faster than an 8-row one in
+  a prior, not the truth: on the 2-core CPU an 8-row verify ran ~14 % slower than a 5-row one in
   the loop where the saved curve had them level. So the choice is optimistic about sizes it has
   rarely measured (``explore``: a size never verified counts up to that share cheaper), tries
   them, and keeps the ones that measure fast;
