@@ -254,6 +254,42 @@ def test_sizes_are_priced_by_what_they_measured_in_the_loop(registry):
     assert close.best_size([0.0] * 7, 0.0) == 0  # optimism never verifies a tree of no value
 
 
+def test_nodes_that_make_a_tree_large_are_priced_by_how_their_rank_fared(registry):
+    """The k-th best node of a tree has its own factor, hits over forecast of the nodes verified at
+    that rank: over-forecast marginal nodes stop growing trees, the best ones keep their forecast."""
+    from koala_core.tree import Tree
+
+    p = [0.6, 0.3] + [0.1] * 5  # candidate nodes' path probabilities, best first
+    curve = {1: 1.0, 2: 1.0, 8: 1.12}  # each row past the second costs 2 % more
+
+    def policy_with(**options):
+        policy = registry.create("tree_policies", "auto", {"explore": 0.0, **options})
+        policy.saved = dict(curve)
+        for n in (1, 8):
+            tree = Tree(0)
+            for i in range(1, n):
+                tree.add(i - 1, i)
+            policy.observe(tree, [0], 0.0, 0.040 * curve[n])
+        return policy
+
+    policy, before = policy_with(), policy_with(rank_factors=False)
+    assert policy.best_size(p, 0.0) == before.best_size(p, 0.0) == 7  # 0.1 pays for 2 %
+    chain = Tree(0)
+    for i in range(1, 8):
+        chain.add(i - 1, i)
+    paths = [[0, 1, 2]] * 3 + [[0, 1]] * 3 + [[0]] * 4  # the 2 best accepted as forecast
+    for step in range(40):  # ... and the 3rd-7th never
+        policy.built, policy.levels = True, 1
+        policy.kept = list(enumerate(p))  # a chain: node i + 1 is the rank-i node
+        policy.observe(chain, paths[step % 10], 0.0, 0.040 * 1.12)
+    assert policy.kept == []  # consumed by the step that verified them
+    assert policy.rank_factor(0) == pytest.approx(1.0, abs=0.05)
+    assert policy.rank_factor(1) == pytest.approx(1.0, abs=0.05)
+    assert policy.rank_factor(4) < 0.25 and before.rank_factor(4) == 1.0
+    assert policy.best_size(p, 0.0) == 2 and before.best_size(p, 0.0) == 7
+    assert policy.best_size(p, 0.0, ranked=False) == 7  # a copy chain is not priced by rank
+
+
 def test_a_policy_written_before_bonus_joined_observe_still_runs(registry):
     from koala_core.interfaces import TreePolicy
 

@@ -19,7 +19,12 @@ against plain decoding's 1 / verify(1). Everything on the right is measured, not
   the loop where the saved curve had them level. So the choice is optimistic about sizes it has
   rarely measured (``explore``: a size never verified counts up to that share cheaper), tries
   them, and keeps the ones that measure fast;
-- draft: the seconds of the head's last drafting steps.
+- draft: the seconds of the head's last drafting steps;
+- the k-th best node: the calibration is right for the few best nodes of a tree, but the nodes that
+  make a tree *large* are chosen because their forecast is high, and so are over-forecast (on the
+  tuning prompts EAGLE's 5th-13th best nodes were accepted about half as often as forecast, its
+  4 best as forecast). So each rank has its own factor, hits over forecast of the nodes verified at
+  that rank, and the expected tokens of a tree sum the path probabilities times their rank's factor.
 
 The best size may be zero: a *shadow step*. Once drafted, a tree whose best nodes cannot pay for
 their extra verify rows is not verified at all (the root alone goes to the target), yet it still
@@ -65,6 +70,9 @@ OUTLIER = 2.0  # a measured time counts at most this many times its expected val
 SIZE_DECAY = 0.95  # weight of older steps of one tree size in its measured time (~20 steps)
 SIZE_PRIOR = 2.0  # pseudo-steps of the curve behind a size's measured time
 PSEUDO = 6.0  # forecast hits behind the per-generation scale (a few steps of evidence move it)
+RANKS = 16  # per-rank factors of the k-th best node; rank 16 and worse share one
+RANK_PRIOR = 1.0  # forecast hits behind "a rank's forecast is right"
+RANK_MEMORY = 30.0  # forecast hits per rank after which old evidence fades
 
 
 def verify_ratio(n: int, saved: dict[int, float] | None = None) -> float:
@@ -131,6 +139,10 @@ class AutoPolicy(CopyingPolicy):
         measured_sizes: bool = field(default=True, metadata={
             "help": "price each tree size the policy has verified by what it measured in the loop "
                     "(false, with explore=0: the cost model alone, auto before 2026-12-03)"})
+        rank_factors: bool = field(default=True, metadata={
+            "help": "correct each node's forecast by how nodes of its rank in the tree (the k-th "
+                    "best) were accepted against their forecast (false: the calibration alone, "
+                    "auto before 2026-12-03's second change)"})
         explore: float = field(default=0.1, metadata={
             "help": "optimism about the verify time of tree sizes rarely measured: a size never "
                     "verified counts this share cheaper, fading as it is measured (0: the "
@@ -176,6 +188,8 @@ class AutoPolicy(CopyingPolicy):
                        "copy_steps": 0, "copy_first": 0, "copied": 0, "switched_off": 0, "nodes": 0}
         self.forecast = 1.0  # tokens the chosen tree was expected to yield (1 + its path probabilities)
         self.tally = [0.0, 0.0]  # over verified trees: forecast tokens, tokens they yielded
+        self.ranks = [[RANK_PRIOR, RANK_PRIOR] for _ in range(RANKS)]  # per rank: hits, forecast
+        self.kept: list[tuple[int, float]] = []  # per verified node (tree order): rank, forecast
 
     # -- the model of this machine and this head -----------------------------------------------
     def acceptance(self, depth: int, p: float) -> float:
@@ -219,6 +233,14 @@ class AutoPolicy(CopyingPolicy):
         if plain is not None:
             return plain.value * self.ratio(n)
         return (wt / w) * self.ratio(n) / self.ratio(round(wn / w)) if w > 0 else self.ratio(n)
+
+    def rank_factor(self, rank: int) -> float:
+        """How nodes ranked ``rank`` (0: the best) in the trees verified so far were accepted
+        against their forecast (1 with ``rank_factors`` off)."""
+        if not self.config.rank_factors:
+            return 1.0
+        hits, forecast = self.ranks[min(rank, RANKS - 1)]
+        return hits / forecast
 
     def scale(self) -> float:
         """How this generation's drafts fare against the calibration: hits over expected hits so
@@ -317,20 +339,23 @@ class AutoPolicy(CopyingPolicy):
         # draft is paid for already, and the target's next token still grades the depth-1 guesses.
         # When drafting does not pay at all, the floor in observe() switches it off
         best_n = self.best_size([path_p[i] for i in ranked[:limit]], draft)
-        kept = set(ranked[:best_n])
-        self.forecast = 1.0 + sum(path_p[i] for i in kept)
+        rank_of = {i: r for r, i in enumerate(ranked[:best_n])}
+        kept = set(rank_of)
+        self.forecast = 1.0 + sum(path_p[i] * self.rank_factor(r) for i, r in rank_of.items())
+        self.kept = [(rank_of[i], path_p[i]) for i in sorted(kept)]  # the order keep() numbers them
         self.unverified = [(tree.tokens[i], math.exp(tree.scores[i])) for i in range(1, len(tree))
                            if tree.parents[i] == 0 and i not in kept]
         return tree.keep(ranked[:best_n])
 
-    def best_size(self, ranked_p: list[float], draft: float) -> int:
+    def best_size(self, ranked_p: list[float], draft: float, ranked: bool = True) -> int:
         """How many of the candidate nodes (their path probabilities, best first) to verify: the
-        n maximising (1 + their sum) / (draft + verify(n + 1)), the verify times optimistic about
+        n maximising (1 + their sum, each times its rank's factor where ``ranked``) / (draft +
+        verify(n + 1)), the verify times optimistic about
         sizes rarely measured (:meth:`choice_s`); zero when that tree, at its expected verify time,
         does not pay for its extra rows (the draft is paid for already)."""
         best_n, best_rate, best_expected, expected = 0, 0.0, 1.0, 1.0
         for n, p in enumerate(ranked_p, 1):
-            expected += p
+            expected += p * (self.rank_factor(n - 1) if ranked else 1.0)
             rate = expected / (draft + self.choice_s(n + 1))
             if rate > best_rate:
                 best_n, best_rate, best_expected = n, rate, expected
@@ -353,8 +378,8 @@ class AutoPolicy(CopyingPolicy):
             node = tree.add(len(tree) - 1, token, math.log(p))
             # calibrated, but not scaled by how this generation's *head* fared (it switched off)
             path_p.append(path_p[-1] * min(1.0, self.acceptance(tree.depths[node], p)))
-        best_n = self.best_size(path_p[1:], 0.0)
-        self.levels, self.unverified = 0, []
+        best_n = self.best_size(path_p[1:], 0.0, ranked=False)
+        self.levels, self.unverified, self.kept = 0, [], []
         self.forecast = 1.0 + sum(path_p[1:best_n + 1])
         return tree.keep(list(range(1, best_n + 1)))
 
@@ -430,6 +455,19 @@ class AutoPolicy(CopyingPolicy):
         self.tally[0] += self.forecast
         self.tally[1] += len(path)
         self.learn_tree(tree, path)
+        self.learn_ranks(path)
+
+    def learn_ranks(self, path: list[int]) -> None:
+        """Each verified node of the head's tree against its forecast, by its rank in the tree."""
+        kept, self.kept = self.kept, []
+        accepted = set(path)
+        for i, (rank, p) in enumerate(kept, 1):
+            cell = self.ranks[min(rank, RANKS - 1)]
+            cell[0] += i in accepted
+            cell[1] += p
+            if cell[1] > RANK_MEMORY:
+                cell[0] *= RANK_MEMORY / cell[1]
+                cell[1] = RANK_MEMORY
 
     def learn_tree(self, tree: Tree, path: list[int]) -> None:
         """Grade every verified node whose parent was accepted (the others were never tried)."""
