@@ -214,6 +214,20 @@ def per_prompt(methods: list[Method], runs: dict[str, list[MethodRun]], prompts:
     return rows
 
 
+def read_results(folder: str | Path) -> dict:
+    """An earlier run's results.json, with a clear error where there is none or it is not one."""
+    path = Path(folder) / "results.json"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file (a folder written by `koala bench --out`?)")
+    try:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(results, dict) or "methods" not in results:
+        raise ConfigError(f"{path}: not a `koala bench` results file (no 'methods')")
+    return results
+
+
 def write_report(results: dict, out: str | Path) -> None:
     """results.json, results.md, speedup.png and acceptance.png in ``out``."""
     out = Path(out)

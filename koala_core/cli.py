@@ -492,10 +492,18 @@ def serve(model, head, checkpoint, head_options, tree, tree_options, verifier, r
               help="What trained heads draft in (auto: int8 on a CPU, int8-dynamic where it has "
                    "VNNI; bf16 on CUDA); a recipe's draft_dtype decides for its method.")
 @click.option("--out", default="bench-out", show_default=True)
+@click.option("--plot-from", default=None, metavar="DIR",
+              help="Run nothing: draw DIR's speedup.png and acceptance.png from its results.json "
+                   "(this project commits results without their plots).")
 def bench(prompt_spec, methods, limit, offset, categories, max_new_tokens, temperature, repeats,
-          model, device, dtype, kernels, draft_dtype, out) -> None:
+          model, device, dtype, kernels, draft_dtype, out, plot_from) -> None:
     """Compare methods side by side (interleaved, one process): tau, speedup, identity."""
-    from .bench import bench_meta, run_bench, select_prompts, write_report
+    from .bench import bench_meta, plot, read_results, run_bench, select_prompts, write_report
+
+    if plot_from:
+        plot(read_results(plot_from), Path(plot_from))
+        click.echo(f"{plot_from}/speedup.png, {plot_from}/acceptance.png")
+        return
     from .compose import build_method
     from .engine import GenerationConfig
     from .model import load_target

@@ -69,6 +69,32 @@ def test_bench_results_have_every_field(tmp_path, registry):
     assert (tmp_path / "out" / "acceptance.png").is_file()
 
 
+def test_plots_are_redrawn_from_a_results_file_and_bad_folders_say_why(tmp_path):
+    """Committed results carry no plots: `koala bench --plot-from DIR` draws them from
+    results.json, runs nothing, leaves results.md alone, and a wrong folder gets a clear error."""
+    from click.testing import CliRunner
+    from koala_core.cli import main
+
+    target = tiny_target()
+    results = run_bench([Method("vanilla", SpeculativeEngine(target))], target,
+                        [{"prompt": "t5 t6 t7", "category": "x"}],
+                        GenerationConfig(4, stop_at_eos=False), progress=False)
+    out = tmp_path / "run"
+    write_report(results, out)
+    for name in ("speedup.png", "acceptance.png"):
+        (out / name).unlink()
+    (out / "results.md").write_text("kept as committed")
+    ran = CliRunner().invoke(main, ["bench", "--plot-from", str(out)])
+    assert ran.exit_code == 0, ran.output
+    assert (out / "speedup.png").is_file() and (out / "acceptance.png").is_file()
+    assert (out / "results.md").read_text() == "kept as committed"
+    for bad, says in ((tmp_path / "none", "no such file"), (out, "not valid JSON")):
+        if bad == out:
+            (out / "results.json").write_text("{truncated")
+        ran = CliRunner().invoke(main, ["bench", "--plot-from", str(bad)])
+        assert ran.exit_code == 2 and says in ran.output and "Traceback" not in ran.output
+
+
 def test_bench_at_temperature_reports_acceptance_without_claiming_identity(registry):
     """At T>0 outputs are samples: no identity column, the default verifier is exact sampling
     (never greedy), and hf-lookup samples too."""
