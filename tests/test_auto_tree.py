@@ -450,3 +450,21 @@ def test_copy_first_verifies_the_copy_chain_alone_when_it_beats_drafting(registr
     assert summary_off["copy_first_share"] == 0
     assert summary_on["copy_first_share"] > 0.2 and summary_on["copied_tokens"] > 10, summary_on
     assert on.target_forwards < off.target_forwards
+
+
+def test_the_generation_scale_follows_its_hits_held_back_by_its_prior(registry):
+    """A generation whose guesses miss shrinks its trees (scale < 1), one that hits grows them;
+    a larger scale_prior moves the scale less; options out of range are refused."""
+    from koala_core.errors import ConfigError
+
+    def scale_after(prior, hit):
+        policy = registry.create("tree_policies", "auto", {"scale_prior": prior})
+        for _ in range(10):
+            policy.learn(1, 0.55, hit)  # ten guesses the calibration forecasts at ~0.55
+        return policy.scale()
+
+    assert scale_after(6.0, False) < scale_after(18.0, False) < 1.0
+    assert scale_after(6.0, True) > scale_after(18.0, True) > 1.0
+    for bad in ({"scale_prior": 0.0}, {"explore": 1.0}, {"verify_model": "guess"}, {"top_k": 0}):
+        with pytest.raises(ConfigError):
+            registry.create("tree_policies", "auto", bad)

@@ -69,7 +69,6 @@ FIT_DECAY = 0.98  # weight of older tree steps in the verify-cost line (~50 step
 OUTLIER = 2.0  # a measured time counts at most this many times its expected value
 SIZE_DECAY = 0.95  # weight of older steps of one tree size in its measured time (~20 steps)
 SIZE_PRIOR = 2.0  # pseudo-steps of the curve behind a size's measured time
-PSEUDO = 6.0  # forecast hits behind the per-generation scale (a few steps of evidence move it)
 RANKS = 16  # per-rank factors of the k-th best node; rank 16 and worse share one
 RANK_PRIOR = 1.0  # forecast hits behind "a rank's forecast is right"
 RANK_MEMORY = 30.0  # forecast hits per rank after which old evidence fades
@@ -143,6 +142,9 @@ class AutoPolicy(CopyingPolicy):
             "help": "correct each node's forecast by how nodes of its rank in the tree (the k-th "
                     "best) were accepted against their forecast (false: the calibration alone, "
                     "auto before 2026-12-03's second change)"})
+        scale_prior: float = field(default=6.0, metadata={
+            "help": "forecast hits of prior behind the per-generation scale (hits over forecast "
+                    "so far in this generation): smaller moves the trees sooner"})
         explore: float = field(default=0.1, metadata={
             "help": "optimism about the verify time of tree sizes rarely measured: a size never "
                     "verified counts this share cheaper, fading as it is measured (0: the "
@@ -158,6 +160,8 @@ class AutoPolicy(CopyingPolicy):
                                   f"{self.verify_model!r}")
             if not 0 <= self.min_path < 1 or not 0 < self.floor <= 2 or not 0 <= self.explore < 1:
                 raise ConfigError("auto: min_path and explore must be in [0, 1), floor in (0, 2]")
+            if self.scale_prior <= 0:
+                raise ConfigError("auto: scale_prior must be > 0")
 
     def __init__(self, config=None) -> None:
         super().__init__(config)
@@ -244,9 +248,10 @@ class AutoPolicy(CopyingPolicy):
 
     def scale(self) -> float:
         """How this generation's drafts fare against the calibration: hits over expected hits so
-        far (with PSEUDO forecast hits of prior), so trees shrink at once on a prompt the head cannot
-        guess (a translation) and grow on one it guesses well."""
-        return min(2.0, max(0.1, (self.gen[0] + PSEUDO) / (self.gen[1] + PSEUDO)))
+        far (with ``scale_prior`` forecast hits of prior), so trees shrink at once on a prompt the
+        head cannot guess (a translation) and grow on one it guesses well."""
+        prior = self.config.scale_prior
+        return min(2.0, max(0.1, (self.gen[0] + prior) / (self.gen[1] + prior)))
 
     def draft_s(self, levels: int) -> float:
         """Expected seconds of a drafting step that expands ``levels`` levels."""
