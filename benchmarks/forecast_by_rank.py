@@ -1,6 +1,6 @@
-"""How `auto`'s forecast fares by a node's rank in its tree (0: the best candidate) and by tree
-size: what each verified node was forecast (its path probability, and times its rank's factor)
-against how often it was accepted, from the policy's own records (methods run one after another
+"""How `auto`'s forecast fares by a node's rank in its tree (0: the best candidate), by tree size
+and by the generation's scale: what each verified node was forecast (its path probability, and
+times its rank's factor) against how often it was accepted, from the policy's own records (methods run one after another
 per prompt: a look inside, not a speed figure).
 
     python benchmarks/forecast_by_rank.py --prompts mtbench --offset 16 --limit 24 \
@@ -38,6 +38,7 @@ def main() -> None:
             raise SystemExit(f"{name}: its tree policy is not auto")
         ranks = collections.defaultdict(lambda: [0, 0.0, 0.0, 0])  # nodes, raw, factored, hits
         sizes = collections.defaultdict(lambda: [0, 0.0, 0])  # trees, forecast, tokens past the root
+        scales = collections.defaultdict(lambda: [0, 0.0, 0])  # the same by scale (to 0.25)
         observe = policy.observe
 
         def logged(tree, path, draft_s, verify_s, *a, _policy=policy, _observe=observe, **k):
@@ -50,10 +51,10 @@ def main() -> None:
                     row[1] += p
                     row[2] += p * _policy.rank_factor(rank)
                     row[3] += i in accepted
-                row = sizes[min(len(tree), TOP_SIZE)]
-                row[0] += 1
-                row[1] += _policy.forecast - 1
-                row[2] += len(path) - 1
+                for row in (sizes[min(len(tree), TOP_SIZE)], scales[round(_policy.scale() * 4) / 4]):
+                    row[0] += 1
+                    row[1] += _policy.forecast - 1
+                    row[2] += len(path) - 1
             return _observe(tree, path, draft_s, verify_s, *a, **k)
 
         policy.observe = logged
@@ -68,6 +69,9 @@ def main() -> None:
         for size, (n, forecast, got) in sorted(sizes.items()):
             label = f"{size}+" if size == TOP_SIZE else str(size)
             print(f"  {label:>4} {n:>7} {forecast / n:>9.2f} {got / n:>9.2f}")
+        print("  scale  trees  forecast  tokens past the root")
+        for scale, (n, forecast, got) in sorted(scales.items()):
+            print(f"  {scale:>5.2f} {n:>6} {forecast / n:>9.2f} {got / n:>9.2f}")
 
 
 if __name__ == "__main__":
