@@ -501,7 +501,12 @@ def bench(prompt_spec, methods, limit, offset, categories, max_new_tokens, tempe
     from .bench import bench_meta, plot, read_results, run_bench, select_prompts, write_report
 
     if plot_from:
-        plot(read_results(plot_from), Path(plot_from))
+        results = read_results(plot_from)
+        try:
+            plot(results, Path(plot_from))
+        except ImportError:
+            raise ConfigError("--plot-from draws with matplotlib, which is not installed "
+                              "(pip install matplotlib)") from None
         click.echo(f"{plot_from}/speedup.png, {plot_from}/acceptance.png")
         return
     from .compose import build_method

@@ -69,7 +69,7 @@ def test_bench_results_have_every_field(tmp_path, registry):
     assert (tmp_path / "out" / "acceptance.png").is_file()
 
 
-def test_plots_are_redrawn_from_a_results_file_and_bad_folders_say_why(tmp_path):
+def test_plots_are_redrawn_from_a_results_file_and_bad_folders_say_why(tmp_path, monkeypatch):
     """Committed results carry no plots: `koala bench --plot-from DIR` draws them from
     results.json, runs nothing, leaves results.md alone, and a wrong folder gets a clear error."""
     from click.testing import CliRunner
@@ -88,7 +88,18 @@ def test_plots_are_redrawn_from_a_results_file_and_bad_folders_say_why(tmp_path)
     assert ran.exit_code == 0, ran.output
     assert (out / "speedup.png").is_file() and (out / "acceptance.png").is_file()
     assert (out / "results.md").read_text() == "kept as committed"
-    for bad, says in ((tmp_path / "none", "no such file"), (out, "not valid JSON")):
+
+    def no_matplotlib(*args):
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr("koala_core.bench.plot", no_matplotlib)
+    ran = CliRunner().invoke(main, ["bench", "--plot-from", str(out)])
+    assert ran.exit_code == 2 and "pip install matplotlib" in ran.output
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.json").write_text('{"steps": []}')
+    for bad, says in ((tmp_path / "none", "no such file"), (other, "not a `koala bench` results"),
+                      (out, "not valid JSON")):
         if bad == out:
             (out / "results.json").write_text("{truncated")
         ran = CliRunner().invoke(main, ["bench", "--plot-from", str(bad)])
