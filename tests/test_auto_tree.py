@@ -287,7 +287,7 @@ def test_nodes_that_make_a_tree_large_are_priced_by_how_their_rank_fared(registr
     assert policy.rank_factor(1) == pytest.approx(1.0, abs=0.05)
     assert policy.rank_factor(4) < 0.25 and before.rank_factor(4) == 1.0
     assert policy.best_size(p, 0.0) == 2 and before.best_size(p, 0.0) == 7
-    assert policy.best_size(p, 0.0, ranked=False) == 7  # a copy chain is not priced by rank
+    assert policy.best_size(p, 0.0, by_rank=False) == 7  # a copy chain is not priced by rank
 
 
 def test_a_policy_written_before_bonus_joined_observe_still_runs(registry):

@@ -95,13 +95,12 @@ def test_plots_are_redrawn_from_a_results_file_and_bad_folders_say_why(tmp_path,
     monkeypatch.setattr("koala_core.bench.plot", no_matplotlib)
     ran = CliRunner().invoke(main, ["bench", "--plot-from", str(out)])
     assert ran.exit_code == 2 and "pip install matplotlib" in ran.output
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "results.json").write_text('{"steps": []}')
+    other, broken = tmp_path / "other", tmp_path / "broken"
+    for folder, text in ((other, '{"steps": []}'), (broken, "{truncated")):
+        folder.mkdir()
+        (folder / "results.json").write_text(text)
     for bad, says in ((tmp_path / "none", "no such file"), (other, "not a `koala bench` results"),
-                      (out, "not valid JSON")):
-        if bad == out:
-            (out / "results.json").write_text("{truncated")
+                      (broken, "not valid JSON")):
         ran = CliRunner().invoke(main, ["bench", "--plot-from", str(bad)])
         assert ran.exit_code == 2 and says in ran.output and "Traceback" not in ran.output
 

@@ -20,11 +20,12 @@ against plain decoding's 1 / verify(1). Everything on the right is measured, not
   rarely measured (``explore``: a size never verified counts up to that share cheaper), tries
   them, and keeps the ones that measure fast;
 - draft: the seconds of the head's last drafting steps;
-- the k-th best node: the calibration is right for the few best nodes of a tree, but the nodes that
-  make a tree *large* are chosen because their forecast is high, and so are over-forecast (on the
-  tuning prompts EAGLE's 5th-13th best nodes were accepted about half as often as forecast, its
-  4 best as forecast). So each rank has its own factor, hits over forecast of the nodes verified at
-  that rank, and the expected tokens of a tree sum the path probabilities times their rank's factor.
+- the k-th best node: the calibration is right for the best nodes of a tree, but the nodes that
+  make a tree *large* are verified because their forecast is high, and so are over-forecast (on
+  the tuning prompts EAGLE's nodes past the sixth best were accepted at 0-0.6 of their forecast,
+  the best ones as forecast). So each rank has its own factor, hits over forecast of the nodes
+  verified at that rank, and a tree's expected tokens sum each path probability times its rank's
+  factor.
 
 The best size may be zero: a *shadow step*. Once drafted, a tree whose best nodes cannot pay for
 their extra verify rows is not verified at all (the root alone goes to the target), yet it still
@@ -141,7 +142,7 @@ class AutoPolicy(CopyingPolicy):
         rank_factors: bool = field(default=True, metadata={
             "help": "correct each node's forecast by how nodes of its rank in the tree (the k-th "
                     "best) were accepted against their forecast (false: the calibration alone, "
-                    "auto before 2026-12-03's second change)"})
+                    "auto before its rank factors)"})
         scale_prior: float = field(default=6.0, metadata={
             "help": "forecast hits of prior behind the per-generation scale (hits over forecast "
                     "so far in this generation): smaller moves the trees sooner"})
@@ -352,15 +353,15 @@ class AutoPolicy(CopyingPolicy):
                            if tree.parents[i] == 0 and i not in kept]
         return tree.keep(ranked[:best_n])
 
-    def best_size(self, ranked_p: list[float], draft: float, ranked: bool = True) -> int:
+    def best_size(self, ranked_p: list[float], draft: float, by_rank: bool = True) -> int:
         """How many of the candidate nodes (their path probabilities, best first) to verify: the
-        n maximising (1 + their sum, each times its rank's factor where ``ranked``) / (draft +
+        n maximising (1 + their sum, each times its rank's factor where ``by_rank``) / (draft +
         verify(n + 1)), the verify times optimistic about
         sizes rarely measured (:meth:`choice_s`); zero when that tree, at its expected verify time,
         does not pay for its extra rows (the draft is paid for already)."""
         best_n, best_rate, best_expected, expected = 0, 0.0, 1.0, 1.0
         for n, p in enumerate(ranked_p, 1):
-            expected += p * (self.rank_factor(n - 1) if ranked else 1.0)
+            expected += p * (self.rank_factor(n - 1) if by_rank else 1.0)
             rate = expected / (draft + self.choice_s(n + 1))
             if rate > best_rate:
                 best_n, best_rate, best_expected = n, rate, expected
@@ -383,7 +384,7 @@ class AutoPolicy(CopyingPolicy):
             node = tree.add(len(tree) - 1, token, math.log(p))
             # calibrated, but not scaled by how this generation's *head* fared (it switched off)
             path_p.append(path_p[-1] * min(1.0, self.acceptance(tree.depths[node], p)))
-        best_n = self.best_size(path_p[1:], 0.0, ranked=False)
+        best_n = self.best_size(path_p[1:], 0.0, by_rank=False)
         self.levels, self.unverified, self.kept = 0, [], []
         self.forecast = 1.0 + sum(path_p[1:best_n + 1])
         return tree.keep(list(range(1, best_n + 1)))
