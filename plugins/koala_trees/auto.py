@@ -95,6 +95,16 @@ def verify_ratio(n: int, saved: dict[int, float] | None = None) -> float:
     return 1.08 + 0.036 * (n - 2)
 
 
+def tally(cell: list[float], hit: bool, weight: float, memory: float) -> None:
+    """Add one graded guess to a [hits, trials] cell (``weight`` trials: 1, or a forecast);
+    past ``memory`` trials both shrink in proportion, so old evidence fades."""
+    cell[0] += hit
+    cell[1] += weight
+    if cell[1] > memory:
+        cell[0] *= memory / cell[1]
+        cell[1] = memory
+
+
 @dataclass
 class Ema:
     """An exponential moving average that starts at its first observation."""
@@ -394,11 +404,7 @@ class AutoPolicy(CopyingPolicy):
         cell = self.table[(min(depth, DEPTHS), min(int(p * BUCKETS), BUCKETS - 1))]
         self.gen[0] += hit
         self.gen[1] += cell[0] / cell[1]
-        cell[0] += hit
-        cell[1] += 1
-        if cell[1] > MEMORY:
-            cell[0] *= MEMORY / cell[1]
-            cell[1] = MEMORY
+        tally(cell, hit, 1.0, MEMORY)
 
     def observe(self, tree: Tree, path: list[int], draft_s: float, verify_s: float,
                 bonus: int | None = None) -> None:
@@ -468,12 +474,7 @@ class AutoPolicy(CopyingPolicy):
         kept, self.kept = self.kept, []
         accepted = set(path)
         for i, (rank, p) in enumerate(kept, 1):
-            cell = self.ranks[min(rank, RANKS - 1)]
-            cell[0] += i in accepted
-            cell[1] += p
-            if cell[1] > RANK_MEMORY:
-                cell[0] *= RANK_MEMORY / cell[1]
-                cell[1] = RANK_MEMORY
+            tally(self.ranks[min(rank, RANKS - 1)], i in accepted, p, RANK_MEMORY)
 
     def learn_tree(self, tree: Tree, path: list[int]) -> None:
         """Grade every verified node whose parent was accepted (the others were never tried)."""
