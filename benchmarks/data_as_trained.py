@@ -7,7 +7,7 @@ finds the prefix whose hash is the recorded one and writes it as a *view* (a fol
 the shards and a manifest of its own), for `koala train --data` or `koala ablate --baseline` to
 compare against the head fairly. Nothing in the source sets is changed.
 
-    python benchmarks/data_as_trained.py --checkpoint checkpoints/hydra-k1 \\
+    python benchmarks/data_as_trained.py --checkpoint $KOALA_CACHE/runs/hydra-k1-1.7m \\
         --data $KOALA_CACHE/data/sharegpt-aux-1m --data $KOALA_CACHE/data/sharegpt-bf16-skip2180 \\
         --out $KOALA_CACHE/data/as-hydra-k1
 
