@@ -87,6 +87,24 @@ class MethodRun:
     overhead_s: float = 0.0  # decode time outside the target's forwards and the drafting
 
 
+def name_repeats(methods: list["Method"]) -> list["Method"]:
+    """A method listed more than once runs once per listing, each with its own engine (an adaptive
+    tree policy learns afresh): the repeats are named NAME-again, NAME-again-2, ..., so that a
+    method's own run-to-run spread can be read beside it, as ``vanilla-again`` shows plain
+    decoding's."""
+    taken = {m.name for m in methods}
+    seen: set[str] = set()
+    for m in methods:
+        if m.name in seen:
+            base, k = m.name, 1
+            while (name := f"{base}-again" + (f"-{k}" if k > 1 else "")) in taken:
+                k += 1
+            m.name = name
+            taken.add(name)
+        seen.add(m.name)
+    return methods
+
+
 class Method:
     """A named way to generate: a koala engine, or HF's own prompt-lookup decoding."""
 

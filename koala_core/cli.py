@@ -474,7 +474,8 @@ def serve(model, head, checkpoint, head_options, tree, tree_options, verifier, r
 @click.option("--methods", default="vanilla,lookup,hf-lookup,default", show_default=True,
               help="Comma-separated: vanilla, lookup, hf-lookup, default, shipped names, checkpoint "
                    "folders, recipe files; vanilla-again: plain decoding a second time, whose "
-                   "'speedup' is the run's own noise (an A/A control).")
+                   "'speedup' is the run's own noise (an A/A control); any method listed twice "
+                   "runs twice, the second as NAME-again (that method's own A/A, e.g. for 'auto').")
 @click.option("--limit", default=None, type=int,
               help="Prompts to use (default: 10 of a built-in set, every prompt of a file; 0 = all).")
 @click.option("--offset", default=0, show_default=True, help="Skip this many prompts first.")
@@ -498,7 +499,8 @@ def serve(model, head, checkpoint, head_options, tree, tree_options, verifier, r
 def bench(prompt_spec, methods, limit, offset, categories, max_new_tokens, temperature, repeats,
           model, device, dtype, kernels, draft_dtype, out, plot_from) -> None:
     """Compare methods side by side (interleaved, one process): tau, speedup, identity."""
-    from .bench import bench_meta, plot, read_results, run_bench, select_prompts, write_report
+    from .bench import (bench_meta, name_repeats, plot, read_results, run_bench, select_prompts,
+                        write_report)
 
     if plot_from:
         results = read_results(plot_from)
@@ -523,7 +525,7 @@ def bench(prompt_spec, methods, limit, offset, categories, max_new_tokens, tempe
     from .kernels import draft_dtype as resolve_draft_dtype, draft_dtype_name
 
     target = load_target(model, device=device, dtype=dtype, kernels=kernels)
-    method_objs = [build_method(n, target, draft_dtype=draft_dtype) for n in names]
+    method_objs = name_repeats([build_method(n, target, draft_dtype=draft_dtype) for n in names])
     from .costs import saved_ratios
 
     curve = saved_ratios(target)

@@ -4,7 +4,7 @@ import json
 import statistics
 
 from conftest import tiny_target
-from koala_core.bench import Method, draft_dtypes, load_prompts, run_bench, write_report
+from koala_core.bench import Method, draft_dtypes, load_prompts, name_repeats, run_bench, write_report
 from koala_core.compose import build_method
 from koala_core.engine import GenerationConfig, SpeculativeEngine
 
@@ -129,3 +129,10 @@ def test_bench_at_temperature_reports_acceptance_without_claiming_identity(regis
     with pytest.raises(ConfigError, match="temperature 0"):
         run_bench([methods[0], Method("greedy", greedy)], target, [{"prompt": "t5 t6"}], config,
                   progress=False)
+
+
+def test_a_method_listed_twice_runs_twice_under_its_own_again_name():
+    methods = [Method(n) for n in ("vanilla", "default", "vanilla-again", "default", "vanilla", "default")]
+    assert [m.name for m in name_repeats(methods)] == [
+        "vanilla", "default", "vanilla-again", "default-again", "vanilla-again-2", "default-again-2"]
+    assert len({id(m) for m in methods}) == 6  # each listing keeps its own method (its own engine)
