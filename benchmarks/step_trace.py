@@ -2,6 +2,11 @@
 (tau), median verify and draft ms, from the tree policy's own per-step observations (methods run
 one after another per prompt, not interleaved: for a look inside, not for speedups).
 
+``modelled`` prices every step of every method alike: its tree size at the median verify time of
+that size over all methods' steps in the run, plus its own draft time. A policy's choices are
+then compared without the machine's moment-to-moment noise in the target's forward (which is
+most of a step), e.g. two tree policies of one head on a few prompts (``--repeats`` reruns them).
+
     python benchmarks/step_trace.py --prompts benchmarks/prompts/mixed-heldout-15.jsonl \
         --prompts benchmarks/prompts/mixed-heldout-16.jsonl --categories summarisation,extraction \
         --methods lookup,default
@@ -26,14 +31,18 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--offset", type=int, default=0, help="first prompt of each --prompts")
     ap.add_argument("--limit", type=int, default=None, help="prompts of each --prompts")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of every method per prompt")
     args = ap.parse_args()
     target = load_target("default")
     prompts = [p for spec in args.prompts
                for p in select_prompts(spec, args.offset, args.limit, args.categories)]
     steps: dict[str, list[tuple[int, int, float, float]]] = {}
     methods = {}
-    for name in args.methods.split(","):
-        method = build_method(name, target)
+    for spec in args.methods.split(","):
+        method = build_method(spec, target)
+        name = spec
+        while name in steps:  # a method listed twice runs twice (its own A/A)
+            name += "-again"
         policy = method.engine.tree_policy
         observe = policy.observe
 
@@ -46,14 +55,21 @@ def main() -> None:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
     for p in prompts:
         ids = encode_prompt(target.tokenizer, p["prompt"])
-        for method in methods.values():
-            method.engine.generate(ids, config)
-    print(f"{len(prompts)} prompts")
+        for _ in range(args.repeats):
+            for method in methods.values():
+                method.engine.generate(ids, config)
+    print(f"{len(prompts)} prompts x {args.repeats}")
+    pooled = collections.defaultdict(list)
+    for rows in steps.values():
+        for size, _, _, v in rows:
+            pooled[size].append(v)
+    typical = {size: statistics.median(vs) for size, vs in pooled.items()}
     for name, rows in steps.items():
         ms = sum(d + v for *_, d, v in rows)
         print(f"{name}: {len(rows)} steps, {sum(a for _, a, _, _ in rows)} tokens, {ms / 1e3:.1f} s, "
               f"{ms / len(rows):.1f} ms a step (verify {sum(v for *_, v in rows) / len(rows):.1f}, "
-              f"draft {sum(d for _, _, d, _ in rows) / len(rows):.2f})")
+              f"draft {sum(d for _, _, d, _ in rows) / len(rows):.2f}); modelled "
+              f"{sum(d + typical[size] for size, _, d, _ in rows) / 1e3:.1f} s")
         by_size = collections.defaultdict(list)
         for size, accepted, d, v in rows:
             by_size[size].append((accepted, d, v))

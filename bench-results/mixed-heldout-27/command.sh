@@ -1,0 +1,5 @@
+# The one run on mixed-heldout-27, committed before it (thirteenth session): every head's `auto`
+# beside its hand-picked trees, EAGLE's tiny tree and its `auto` each listed twice (their own A/A).
+koala bench --prompts benchmarks/prompts/mixed-heldout-27.jsonl --max-new-tokens 64 \
+    --methods vanilla,vanilla-again,default,benchmarks/recipes/hydra-k1-dynamic-copy3.toml,eagle-k1,benchmarks/recipes/eagle-k1-auto-copy3.toml,eagle-k1,benchmarks/recipes/eagle-k1-auto-copy3.toml,medusa-k1,benchmarks/recipes/medusa-k1-dynamic-copy3.toml,recipes/eagle-k1-deep.toml \
+    --out bench-results/mixed-heldout-27
