@@ -43,9 +43,12 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--method", default="benchmarks/recipes/eagle-k1-auto-copy3.toml")
     ap.add_argument("--other", default="static")
-    ap.add_argument("--other-option", action="append", default=["preset=tiny", "copy=3"])
+    ap.add_argument("--other-option", action="append", default=None,
+                    help="KEY=VALUE of the other policy (default: preset=tiny, copy=3)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     args = ap.parse_args()
+    if args.other_option is None:  # (an appending option's default would be kept and added to)
+        args.other_option = ["preset=tiny", "copy=3"]
     target = load_target("default")
     method = build_method(args.method, target)
     policy = method.engine.tree_policy
