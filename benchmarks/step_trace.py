@@ -18,7 +18,7 @@ import argparse
 import collections
 import statistics
 
-from koala_core.bench import select_prompts
+from koala_core.bench import name_repeats, select_prompts
 from koala_core.compose import build_method
 from koala_core.engine import GenerationConfig
 from koala_core.model import load_target
@@ -41,11 +41,9 @@ def main() -> None:
     steps: dict[str, list[tuple[int, int, float, float, str]]] = {}
     methods = {}
     now = {"category": ""}  # the category of the prompt being generated
-    for spec in args.methods.split(","):
-        method = build_method(spec, target)
-        name = spec
-        while name in steps:  # a method listed twice runs twice (its own A/A)
-            name += "-again"
+    # a method listed twice runs twice, the second as NAME-again (its own A/A), as in `koala bench`
+    for method in name_repeats([build_method(spec, target) for spec in args.methods.split(",")]):
+        name = method.name
         policy = method.engine.tree_policy
         observe = policy.observe
 
