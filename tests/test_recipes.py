@@ -210,3 +210,16 @@ def test_train_accepts_a_recipe_and_command_line_overrides(prepared, tiny_folder
     clash = CliRunner().invoke(main, ["train", "--recipe", str(recipe), "--data", str(data), "--out",
                                       str(out), "--head", "eagle"])
     assert clash.exit_code == 2 and "the recipe decides" in clash.output
+
+
+def test_benchmark_recipes_validate_and_name_existing_checkpoints(monkeypatch, tmp_path, registry):
+    """Every recipe a benchmark command names loads, its plugins and options check out, and one
+    naming a shipped checkpoint finds it (those under ``$KOALA_CACHE/runs`` name a training run's
+    output, not kept in git: only their options are checked)."""
+    monkeypatch.setenv("KOALA_CACHE", str(tmp_path))
+    recipes = sorted((REPO / "benchmarks" / "recipes").glob("*.toml"))
+    assert recipes
+    for path in recipes:
+        recipe = load_recipe(path).validate(registry)
+        if recipe.checkpoint and not recipe.checkpoint.startswith(str(tmp_path)):
+            assert (Path(recipe.checkpoint) / "koala.json").is_file(), path
