@@ -221,5 +221,5 @@ def test_benchmark_recipes_validate_and_name_existing_checkpoints(monkeypatch, t
     assert recipes
     for path in recipes:
         recipe = load_recipe(path).validate(registry)
-        if recipe.checkpoint and not recipe.checkpoint.startswith(str(tmp_path)):
+        if recipe.checkpoint and not Path(recipe.checkpoint).is_relative_to(tmp_path.resolve()):
             assert (Path(recipe.checkpoint) / "koala.json").is_file(), path
