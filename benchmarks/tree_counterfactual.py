@@ -25,9 +25,7 @@ from koala_core.registry import default_registry
 def accepted(tree, truth: list[int]) -> int:
     """Tokens a greedy verify emits for ``tree`` when the target's continuation is ``truth``."""
     node, n = 0, 0
-    children = collections.defaultdict(list)
-    for i in range(1, len(tree)):
-        children[tree.parents[i]].append(i)
+    children = tree.shape().children  # cached per shape, as verify uses it
     while n < len(truth):
         nxt = next((c for c in children[node] if tree.tokens[c] == truth[n]), None)
         if nxt is None:
